@@ -1,0 +1,206 @@
+//! Reads the audio track's edit list (`elst`) from an MP4/M4A file.
+//!
+//! AAC encoders prime the decoder with 1024 (ffmpeg) or 2112 (Apple) samples of delay and pad the
+//! last frame; the MP4 edit list says which decoded samples are the real recording. symphonia's
+//! MP4 reader does not apply it, so without this every Safari recording would start 21–44 ms late
+//! and run long by up to a frame.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+
+/// Which decoded samples (at the track's own rate) belong to the recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioEdit {
+    /// Decoded samples to drop at the start (encoder priming).
+    pub skip: u64,
+    /// Samples to keep after the skip, when the edit says.
+    pub keep: Option<u64>,
+}
+
+/// Largest box we read into memory: edit lists and headers are tiny.
+const MAX_SMALL_BOX: u64 = 1 << 16;
+
+/// The edit of the first audio (`soun`) track, or `None` when the file has none or cannot be read.
+pub fn read_audio_edit(file: &mut File) -> Option<AudioEdit> {
+    let len = file.metadata().ok()?.len();
+    let moov = find_child(file, 0, len, b"moov")?;
+    let movie_timescale = read_mvhd_timescale(file, moov)?;
+    let mut pos = moov.0;
+    while let Some(trak) = next_box(file, pos, moov.1) {
+        pos = trak.end;
+        if &trak.kind != b"trak" {
+            continue;
+        }
+        let Some(mdia) = find_child(file, trak.body, trak.end, b"mdia") else {
+            continue;
+        };
+        if read_handler(file, mdia)? != *b"soun" {
+            continue;
+        }
+        let media_timescale = read_mdhd_timescale(file, mdia)?;
+        let edts = find_child(file, trak.body, trak.end, b"edts")?;
+        let elst = find_child(file, edts.0, edts.1, b"elst")?;
+        let body = read_small(file, elst)?;
+        return parse_elst(&body, movie_timescale, media_timescale);
+    }
+    None
+}
+
+/// Interprets an `elst` body: the first non-empty edit's media time is the priming, its segment
+/// duration (in movie time) the length of the recording.
+fn parse_elst(body: &[u8], movie_timescale: u32, media_timescale: u32) -> Option<AudioEdit> {
+    let version = *body.first()?;
+    let count = u32::from_be_bytes(body.get(4..8)?.try_into().ok()?) as usize;
+    let entry_len = if version == 1 { 20 } else { 12 };
+    for i in 0..count {
+        let e = body.get(8 + i * entry_len..8 + (i + 1) * entry_len)?;
+        let (segment_duration, media_time) = if version == 1 {
+            (
+                u64::from_be_bytes(e[0..8].try_into().ok()?),
+                i64::from_be_bytes(e[8..16].try_into().ok()?),
+            )
+        } else {
+            (
+                u64::from(u32::from_be_bytes(e[0..4].try_into().ok()?)),
+                i64::from(i32::from_be_bytes(e[4..8].try_into().ok()?)),
+            )
+        };
+        if media_time < 0 {
+            continue; // an empty edit: a presentation delay, not priming
+        }
+        let keep = (segment_duration > 0 && movie_timescale > 0).then(|| {
+            (u128::from(segment_duration) * u128::from(media_timescale)
+                / u128::from(movie_timescale)) as u64
+        });
+        return Some(AudioEdit {
+            skip: media_time as u64,
+            keep,
+        });
+    }
+    None
+}
+
+struct BoxHeader {
+    kind: [u8; 4],
+    body: u64,
+    end: u64,
+}
+
+/// Reads the box header at `pos`, if a whole box fits before `limit`.
+fn next_box(file: &mut File, pos: u64, limit: u64) -> Option<BoxHeader> {
+    if pos + 8 > limit {
+        return None;
+    }
+    file.seek(SeekFrom::Start(pos)).ok()?;
+    let mut head = [0u8; 8];
+    file.read_exact(&mut head).ok()?;
+    let size32 = u32::from_be_bytes(head[0..4].try_into().ok()?);
+    let kind: [u8; 4] = head[4..8].try_into().ok()?;
+    let (size, header_len) = match size32 {
+        0 => (limit - pos, 8),
+        1 => {
+            let mut large = [0u8; 8];
+            file.read_exact(&mut large).ok()?;
+            (u64::from_be_bytes(large), 16)
+        }
+        n => (u64::from(n), 8),
+    };
+    if size < header_len || pos.checked_add(size)? > limit {
+        return None;
+    }
+    Some(BoxHeader {
+        kind,
+        body: pos + header_len,
+        end: pos + size,
+    })
+}
+
+/// The body range of the first child box of type `kind` within `[start, end)`.
+fn find_child(file: &mut File, start: u64, end: u64, kind: &[u8; 4]) -> Option<(u64, u64)> {
+    let mut pos = start;
+    while let Some(b) = next_box(file, pos, end) {
+        if &b.kind == kind {
+            return Some((b.body, b.end));
+        }
+        pos = b.end;
+    }
+    None
+}
+
+fn read_small(file: &mut File, (start, end): (u64, u64)) -> Option<Vec<u8>> {
+    if end - start > MAX_SMALL_BOX {
+        return None;
+    }
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut body = vec![0u8; (end - start) as usize];
+    file.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// Timescale of an `mvhd` or `mdhd` body: after version/flags and the creation and modification
+/// times (32-bit in version 0, 64-bit in version 1).
+fn header_timescale(body: &[u8]) -> Option<u32> {
+    let at = if *body.first()? == 1 { 20 } else { 12 };
+    Some(u32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn read_mvhd_timescale(file: &mut File, moov: (u64, u64)) -> Option<u32> {
+    let mvhd = find_child(file, moov.0, moov.1, b"mvhd")?;
+    header_timescale(&read_small(file, mvhd)?)
+}
+
+fn read_mdhd_timescale(file: &mut File, mdia: (u64, u64)) -> Option<u32> {
+    let mdhd = find_child(file, mdia.0, mdia.1, b"mdhd")?;
+    header_timescale(&read_small(file, mdhd)?)
+}
+
+/// The handler type of a `mdia` box (`soun`, `vide`, ...).
+fn read_handler(file: &mut File, mdia: (u64, u64)) -> Option<[u8; 4]> {
+    let hdlr = find_child(file, mdia.0, mdia.1, b"hdlr")?;
+    let body = read_small(file, hdlr)?;
+    body.get(8..12)?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_0_edit_with_priming() {
+        // One edit: 48000 movie ticks (1000/s) of media starting at 1024.
+        let mut body = vec![0, 0, 0, 0, 0, 0, 0, 1];
+        body.extend_from_slice(&1000u32.to_be_bytes());
+        body.extend_from_slice(&1024i32.to_be_bytes());
+        body.extend_from_slice(&[0, 1, 0, 0]);
+        let edit = parse_elst(&body, 1000, 48_000).unwrap();
+        assert_eq!(
+            edit,
+            AudioEdit {
+                skip: 1024,
+                keep: Some(48_000)
+            }
+        );
+    }
+
+    #[test]
+    fn empty_edit_is_skipped() {
+        let mut body = vec![1, 0, 0, 0, 0, 0, 0, 2];
+        body.extend_from_slice(&500u64.to_be_bytes());
+        body.extend_from_slice(&(-1i64).to_be_bytes());
+        body.extend_from_slice(&[0, 1, 0, 0]);
+        body.extend_from_slice(&2000u64.to_be_bytes());
+        body.extend_from_slice(&2112i64.to_be_bytes());
+        body.extend_from_slice(&[0, 1, 0, 0]);
+        let edit = parse_elst(&body, 600, 44_100).unwrap();
+        assert_eq!(edit.skip, 2112);
+        assert_eq!(edit.keep, Some(2000 * 44_100 / 600));
+    }
+
+    #[test]
+    fn truncated_body_is_none() {
+        assert_eq!(
+            parse_elst(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0], 1000, 1000),
+            None
+        );
+    }
+}
