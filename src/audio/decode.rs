@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -18,10 +19,11 @@ use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS;
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::probe::Hint;
-use symphonia::core::formats::well_known::FORMAT_ID_ISOMP4;
+use symphonia::core::formats::well_known::{FORMAT_ID_ISOMP4, FORMAT_ID_MKV};
 use symphonia::core::formats::{FormatOptions, FormatReader, Track, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
+use symphonia::core::packet::Packet;
 use symphonia::core::units::TimeBase;
 
 use super::TARGET_RATE;
@@ -132,6 +134,11 @@ pub fn decode_file(
         ));
     }
 
+    let mut magic = [0u8; 8];
+    let magic_len = (&file).read(&mut magic).unwrap_or(0);
+    (&file)
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     let mss = MediaSourceStream::new(Box::new(file), Default::default());
     let format = symphonia::default::get_probe()
         .probe(
@@ -140,7 +147,7 @@ pub fn decode_file(
             FormatOptions::default(),
             MetadataOptions::default(),
         )
-        .map_err(probe_error)?;
+        .map_err(|e| probe_error(e, &magic[..magic_len]))?;
     let container = container_name(format.as_ref());
     let track = pick_audio_track(format.as_ref())?;
     let Some(CodecParameters::Audio(params)) = track.codec_params.clone() else {
@@ -244,8 +251,15 @@ fn too_long(seconds: f64, limits: &DecodeLimits) -> Error {
     )
 }
 
-fn probe_error(err: SymphoniaError) -> Error {
+/// Maps a failure to recognise the container to our codes. `magic` is the file's first bytes.
+fn probe_error(err: SymphoniaError, magic: &[u8]) -> Error {
     match err {
+        // An MP4 whose index (moov) never got written: the MP4 reader declines the file, but the
+        // bytes say MP4 and the user deserves to hear that it is incomplete, not unknown.
+        SymphoniaError::Unsupported(_) if magic.get(4..8) == Some(b"ftyp") => Error::new(
+            ErrorCode::AudioDecodeFailed,
+            "the MP4 file has no index (moov box): the upload or recording was cut off before it finished",
+        ),
         SymphoniaError::Unsupported(_) => Error::new(
             ErrorCode::AudioUnsupportedFormat,
             "not a recognised audio file (WebM, Ogg, MP4/M4A, MP3, WAV, FLAC or AIFF)",
@@ -402,19 +416,9 @@ fn decode_symphonia(
             let mut interleaved: Vec<f32> = Vec::new();
             let mut last_frames = 0usize;
             loop {
-                let packet = match format.next_packet() {
-                    Ok(Some(p)) => p,
-                    Ok(None) => break,
-                    Err(e) => {
-                        if stats.packets == 0 {
-                            return Err(Error::new(
-                                ErrorCode::AudioDecodeFailed,
-                                format!("the audio data cannot be read: {e}"),
-                            ));
-                        }
-                        stats.truncated = true;
-                        break;
-                    }
+                let packet = match next_packet(format.as_mut(), &mut stats)? {
+                    Some(p) => p,
+                    None => break,
                 };
                 if packet.track_id != track_id {
                     continue;
@@ -463,6 +467,31 @@ fn decode_symphonia(
         stats.source_frames = trimmer.emitted();
         Ok(stats)
     })
+}
+
+/// The next packet, or `None` at the end. A container that breaks off after some audio ends the
+/// stream there (what was read is kept and the report says truncated); one that breaks off before
+/// any audio is a decode failure.
+fn next_packet(format: &mut dyn FormatReader, stats: &mut Stats) -> Result<Option<Packet>> {
+    match format.next_packet() {
+        Ok(packet) => Ok(packet),
+        Err(e) if stats.packets == 0 => Err(Error::new(
+            ErrorCode::AudioDecodeFailed,
+            format!("the audio data cannot be read: {e}"),
+        )),
+        // Chrome's live WebM has no sizes or index: it always ends with end-of-file inside an
+        // unknown-size cluster, which is its normal end, not a truncation.
+        Err(SymphoniaError::IoError(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof
+                && format.format_info().format == FORMAT_ID_MKV =>
+        {
+            Ok(None)
+        }
+        Err(_) => {
+            stats.truncated = true;
+            Ok(None)
+        }
+    }
 }
 
 /// Averages interleaved channels into one.
@@ -605,19 +634,9 @@ fn demux_opus(
     };
     let send = |segment: Segment| -> bool { credits.recv().is_ok() && jobs.send(segment).is_ok() };
     loop {
-        let packet = match format.next_packet() {
-            Ok(Some(p)) => p,
-            Ok(None) => break,
-            Err(e) => {
-                if stats.packets == 0 {
-                    return Err(Error::new(
-                        ErrorCode::AudioDecodeFailed,
-                        format!("the audio data cannot be read: {e}"),
-                    ));
-                }
-                stats.truncated = true;
-                break;
-            }
+        let packet = match next_packet(format, &mut stats)? {
+            Some(p) => p,
+            None => break,
         };
         if packet.track_id != track_id {
             continue;
