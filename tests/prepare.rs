@@ -112,10 +112,12 @@ fn every_good_fixture_decodes_faithfully_on_its_own_timeline() {
                 failures.push(format!("{}: {what} (manifest {:?})", f.path, m.source));
             }
         }
-        if let Some(regions) = &f.speech_regions {
-            if let Err(e) = speech_matches(&m.speech, regions) {
-                failures.push(format!("{}: {e}", f.path));
-            }
+        if let Some(Err(e)) = f
+            .speech_regions
+            .as_ref()
+            .map(|r| speech_matches(&m.speech, r))
+        {
+            failures.push(format!("{}: {e}", f.path));
         }
     }
     assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
@@ -298,13 +300,12 @@ fn bad_inputs_fail_with_their_code_and_leave_nothing_behind() {
             }
             (Ok(m), None) => {
                 let f = common::catalog().into_iter().find(|f| f.path == *path);
-                if let Some(want) = f.and_then(|f| f.duration_s) {
-                    if (m.output.duration_s - want).abs() > 0.25 {
-                        failures.push(format!(
-                            "{path}: {} s, want about {want} s",
-                            m.output.duration_s
-                        ));
-                    }
+                let want = f.and_then(|f| f.duration_s);
+                if let Some(want) = want.filter(|w| (m.output.duration_s - w).abs() > 0.25) {
+                    failures.push(format!(
+                        "{path}: {} s, want about {want} s",
+                        m.output.duration_s
+                    ));
                 }
                 // MP3 frames carry no checksum: damaged frame data decodes as noise and cannot be
                 // counted, only webm/opus packets that libopus rejects are.

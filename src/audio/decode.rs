@@ -415,11 +415,7 @@ fn decode_symphonia(
             let mut channels = 0u32;
             let mut interleaved: Vec<f32> = Vec::new();
             let mut last_frames = 0usize;
-            loop {
-                let packet = match next_packet(format.as_mut(), &mut stats)? {
-                    Some(p) => p,
-                    None => break,
-                };
+            while let Some(packet) = next_packet(format.as_mut(), &mut stats)? {
                 if packet.track_id != track_id {
                     continue;
                 }
@@ -633,11 +629,7 @@ fn demux_opus(
         packets: Vec::with_capacity(SEGMENT_PACKETS),
     };
     let send = |segment: Segment| -> bool { credits.recv().is_ok() && jobs.send(segment).is_ok() };
-    loop {
-        let packet = match next_packet(format, &mut stats)? {
-            Some(p) => p,
-            None => break,
-        };
+    while let Some(packet) = next_packet(format, &mut stats)? {
         if packet.track_id != track_id {
             continue;
         }

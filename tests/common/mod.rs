@@ -101,12 +101,12 @@ pub fn in_band_ser(reference: &[f32], ours: &[f32], band_hz: f64, max_lag: isize
     let mut best = (f64::NEG_INFINITY, 0isize);
     for lag in -max_lag..=max_lag {
         let (mut rr, mut ro, mut oo) = (0.0f64, 0.0f64, 0.0f64);
-        for i in edge..n - edge {
+        for (i, &ri) in r.iter().enumerate().take(n - edge).skip(edge) {
             let j = i as isize + lag;
             if j < 0 || j as usize >= o.len() {
                 continue;
             }
-            let (a, b) = (f64::from(r[i]), f64::from(o[j as usize]));
+            let (a, b) = (f64::from(ri), f64::from(o[j as usize]));
             rr += a * a;
             ro += a * b;
             oo += b * b;
