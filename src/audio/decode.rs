@@ -409,60 +409,111 @@ fn decode_symphonia(
     let mut trimmer = Trimmer::new(skip, keep, u64::from(rate) / 5);
     let mut resampler = MonoResampler::new(rate)?;
 
+    // The decoder thread decodes, downmixes, trims and resamples; this thread only hands the
+    // 16 kHz blocks on. Measured on a 48 kHz stereo WAV this split keeps both cores busiest.
     std::thread::scope(|scope| {
-        let demux = scope.spawn(move || -> Result<(Stats, u32)> {
-            let mut stats = Stats::default();
-            let mut channels = 0u32;
-            let mut interleaved: Vec<f32> = Vec::new();
-            let mut last_frames = 0usize;
-            while let Some(packet) = next_packet(format.as_mut(), &mut stats)? {
-                if packet.track_id != track_id {
-                    continue;
-                }
-                stats.packets += 1;
-                let mono = match decoder.decode(&packet) {
-                    Ok(buf) => {
-                        let n = buf.spec().channels().count().max(1);
-                        channels = channels.max(n as u32);
-                        interleaved.resize(buf.samples_interleaved(), 0.0);
-                        buf.copy_to_slice_interleaved(&mut interleaved[..]);
-                        last_frames = buf.frames();
-                        downmix(&interleaved, n)
+        let decode = std::thread::Builder::new()
+            .name("decode".into())
+            .spawn_scoped(scope, move || -> Result<(Stats, u32)> {
+                let mut stats = Stats::default();
+                let mut channels = 0u32;
+                let mut interleaved: Vec<f32> = Vec::new();
+                let mut mono: Vec<f32> = Vec::new();
+                let mut out = Batcher::new(&tx);
+                let mut last_frames = 0usize;
+                while let Some(packet) = next_packet(format.as_mut(), &mut stats)? {
+                    if packet.track_id != track_id {
+                        continue;
                     }
-                    Err(_) => {
-                        // Keep the timeline: a lost packet becomes silence of its length.
-                        stats.corrupt += 1;
-                        let frames = frames_per_tick
-                            .map(|f| (packet.dur.get() as f64 * f).round() as usize)
-                            .filter(|n| *n > 0)
-                            .unwrap_or(last_frames);
-                        vec![0.0; frames]
+                    stats.packets += 1;
+                    match decoder.decode(&packet) {
+                        Ok(buf) => {
+                            let n = buf.spec().channels().count().max(1);
+                            channels = channels.max(n as u32);
+                            interleaved.resize(buf.samples_interleaved(), 0.0);
+                            buf.copy_to_slice_interleaved(&mut interleaved[..]);
+                            last_frames = buf.frames();
+                            downmix(&interleaved, n, &mut mono);
+                        }
+                        Err(_) => {
+                            // Keep the timeline: a lost packet becomes silence of its length.
+                            stats.corrupt += 1;
+                            let frames = frames_per_tick
+                                .map(|f| (packet.dur.get() as f64 * f).round() as usize)
+                                .filter(|n| *n > 0)
+                                .unwrap_or(last_frames);
+                            mono.clear();
+                            mono.resize(frames, 0.0);
+                        }
                     }
-                };
-                if tx.send(mono).is_err() {
-                    break; // the consumer stopped (an error or a limit); it reports why
+                    let pushed =
+                        trimmer.push(&mono, &mut |b| resampler.push(b, &mut |r| out.push(r)));
+                    if pushed.is_err() {
+                        return Ok((stats, channels)); // the consumer stopped; it reports why
+                    }
                 }
-            }
-            Ok((stats, channels))
-        });
+                if resampler
+                    .finish(&mut |r| out.push(r))
+                    .and_then(|_| out.flush())
+                    .is_ok()
+                {
+                    stats.source_frames = trimmer.emitted();
+                }
+                Ok((stats, channels))
+            })
+            .map_err(|e| Error::io("cannot start the decoder thread", e))?;
 
         let mut consumed = Ok(());
         for block in rx.iter() {
-            consumed = trimmer.push(&block, &mut |b| resampler.push(b, sink));
+            consumed = sink(&block);
             if consumed.is_err() {
                 break;
             }
         }
         drop(rx);
-        let (mut stats, channels) = join(demux)??;
+        let (stats, channels) = join(decode)??;
         consumed?;
-        resampler.finish(sink)?;
         if info.channels == 0 {
             info.channels = channels;
         }
-        stats.source_frames = trimmer.emitted();
         Ok(stats)
     })
+}
+
+/// Collects 16 kHz samples into blocks of a useful size before sending them to the consumer.
+struct Batcher<'a> {
+    tx: &'a SyncSender<Vec<f32>>,
+    block: Vec<f32>,
+}
+
+impl<'a> Batcher<'a> {
+    const BLOCK: usize = 16_384;
+
+    fn new(tx: &'a SyncSender<Vec<f32>>) -> Self {
+        Batcher {
+            tx,
+            block: Vec::with_capacity(Self::BLOCK),
+        }
+    }
+
+    /// Fails when the consumer has gone away.
+    fn push(&mut self, samples: &[f32]) -> Result<()> {
+        self.block.extend_from_slice(samples);
+        if self.block.len() >= Self::BLOCK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(Self::BLOCK));
+        self.tx
+            .send(block)
+            .map_err(|_| Error::new(ErrorCode::Internal, "the consumer stopped"))
+    }
 }
 
 /// The next packet, or `None` at the end. A container that breaks off after some audio ends the
@@ -490,16 +541,19 @@ fn next_packet(format: &mut dyn FormatReader, stats: &mut Stats) -> Result<Optio
     }
 }
 
-/// Averages interleaved channels into one.
-fn downmix(interleaved: &[f32], channels: usize) -> Vec<f32> {
+/// Averages interleaved channels into one, into `mono`.
+fn downmix(interleaved: &[f32], channels: usize, mono: &mut Vec<f32>) {
+    mono.clear();
     if channels == 1 {
-        return interleaved.to_vec();
+        mono.extend_from_slice(interleaved);
+        return;
     }
     let scale = 1.0 / channels as f32;
-    interleaved
-        .chunks_exact(channels)
-        .map(|frame| frame.iter().sum::<f32>() * scale)
-        .collect()
+    mono.extend(
+        interleaved
+            .chunks_exact(channels)
+            .map(|frame| frame.iter().sum::<f32>() * scale),
+    );
 }
 
 fn codec_name(short_name: &str) -> String {
@@ -709,6 +763,8 @@ mod tests {
 
     #[test]
     fn downmix_averages() {
-        assert_eq!(downmix(&[1.0, 0.0, 0.5, 0.5], 2), vec![0.5, 0.5]);
+        let mut mono = vec![9.0; 5];
+        downmix(&[1.0, 0.0, 0.5, 0.5], 2, &mut mono);
+        assert_eq!(mono, vec![0.5, 0.5]);
     }
 }

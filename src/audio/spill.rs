@@ -34,13 +34,15 @@ impl Spill {
     }
 
     pub fn write(&mut self, samples: &[f32]) -> Result<()> {
-        let mut bytes = Vec::with_capacity(samples.len() * 4);
-        for s in samples {
-            bytes.extend_from_slice(&s.to_le_bytes());
+        for block in samples.chunks(4096) {
+            let mut bytes = [0u8; 4096 * 4];
+            for (b, s) in bytes.chunks_exact_mut(4).zip(block) {
+                b.copy_from_slice(&s.to_le_bytes());
+            }
+            self.writer
+                .write_all(&bytes[..block.len() * 4])
+                .map_err(|e| Error::io("cannot write the PCM spill file", e))?;
         }
-        self.writer
-            .write_all(&bytes)
-            .map_err(|e| Error::io("cannot write the PCM spill file", e))?;
         self.samples += samples.len() as u64;
         Ok(())
     }
