@@ -350,3 +350,51 @@ fn the_cli_reports_one_error_line_and_never_panics() {
         );
     }
 }
+
+/// The published schema and the manifest we write must not drift apart: every object has the
+/// schema's required keys and no key the schema does not know.
+#[test]
+fn manifest_matches_its_published_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/manifest.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let (dir, result) = prepare(&fixture("audio/chrome.webm"), &with_pcm());
+    result.unwrap();
+    let written: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("out").join(audio::MANIFEST_FILE)).unwrap(),
+    )
+    .unwrap();
+    check_against(&schema, &written, "manifest");
+}
+
+fn check_against(schema: &serde_json::Value, value: &serde_json::Value, at: &str) {
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        let obj = value
+            .as_object()
+            .unwrap_or_else(|| panic!("{at} must be an object"));
+        for key in schema["required"].as_array().unwrap() {
+            assert!(obj.contains_key(key.as_str().unwrap()), "{at} lacks {key}");
+        }
+        for (key, v) in obj {
+            let sub = props
+                .get(key)
+                .unwrap_or_else(|| panic!("{at}.{key} is not in the schema"));
+            check_against(sub, v, &format!("{at}.{key}"));
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in array.iter().enumerate() {
+            check_against(items, v, &format!("{at}[{i}]"));
+        }
+    }
+    if let Some(options) = schema.get("enum").and_then(|e| e.as_array()) {
+        assert!(
+            options.contains(value),
+            "{at} = {value} is not one of {options:?}"
+        );
+    }
+}
