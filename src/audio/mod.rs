@@ -58,11 +58,21 @@ impl Default for PrepareOptions {
 
 /// Decodes `input`, maps its speech, and writes the chunks and `manifest.json` into `out_dir`.
 ///
-/// On error nothing is left behind in `out_dir` but what was there before.
+/// On error nothing is left behind: not our files in `out_dir`, nor `out_dir` itself if this call
+/// created it.
 pub fn prepare(input: &Path, out_dir: &Path, opts: &PrepareOptions) -> Result<Manifest> {
+    let created = !out_dir.exists();
     std::fs::create_dir_all(out_dir)
         .map_err(|e| Error::io(format!("cannot create {}", out_dir.display()), e))?;
+    let result = prepare_into(input, out_dir, opts);
+    if result.is_err() && created {
+        // Only removes an empty directory: every stage cleans up its own files first.
+        let _ = std::fs::remove_dir(out_dir);
+    }
+    result
+}
 
+fn prepare_into(input: &Path, out_dir: &Path, opts: &PrepareOptions) -> Result<Manifest> {
     let mut spill = Spill::create(out_dir)?;
     let mut meter = LevelMeter::new();
     let report = decode::decode_file(input, &opts.decode, &mut |samples| {
