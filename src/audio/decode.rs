@@ -722,6 +722,7 @@ fn emit_in_order(
         while let Some(decoded) = waiting.remove(&next) {
             *corrupt += decoded.corrupt_packets;
             emit(&decoded.samples)?;
+            // Give the demuxer back a credit; if it has already finished, nobody needs one.
             let _ = credits.try_send(());
             next += 1;
         }
