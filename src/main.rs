@@ -58,11 +58,7 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|_| {}));
     let cli = Cli::parse();
     let outcome = std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let what = audio_worker::error::panic_message(panic.as_ref());
         Err(Error::new(
             ErrorCode::Internal,
             format!("internal error: {what}"),

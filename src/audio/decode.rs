@@ -30,7 +30,7 @@ use super::TARGET_RATE;
 use super::mp4_edit;
 use super::opus::{self, OpusHead, Segment};
 use super::resample::MonoResampler;
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, ErrorCode, Result, panic_message};
 
 /// What the recording is, as found in its bytes. Serialised into the manifest.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -567,11 +567,7 @@ fn codec_name(short_name: &str) -> String {
 /// Joins a worker thread, turning a panic inside a decoder into a decode failure.
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<Result<T>> {
     handle.join().map_err(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
+        let what = panic_message(panic.as_ref());
         Error::new(
             ErrorCode::AudioDecodeFailed,
             format!("the decoder crashed on this file ({what})"),
