@@ -323,6 +323,12 @@ fn declared_frames(format: &dyn FormatReader, track: &Track, rate: u32) -> Optio
     }
 }
 
+/// How far a stream may run past its declared end and still be cut there: 200 ms, more than any
+/// codec's padding (one Opus packet is at most 120 ms, an AAC frame 2048 samples).
+fn end_tolerance(rate: u32) -> u64 {
+    u64::from(rate) / 5
+}
+
 /// Drops encoder delay at the start and padding at the end of a stream of samples.
 ///
 /// The end is known only from the container; a container that claims less than the stream holds
@@ -406,7 +412,7 @@ fn decode_symphonia(
 
     let (tx, rx) = sync_channel::<Vec<f32>>(BLOCKS_IN_FLIGHT);
     let (skip, keep) = edit.map_or((0, None), |e| (e.skip, e.keep));
-    let mut trimmer = Trimmer::new(skip, keep, u64::from(rate) / 5);
+    let mut trimmer = Trimmer::new(skip, keep, end_tolerance(rate));
     let mut resampler = MonoResampler::new(rate)?;
 
     // The decoder thread decodes, downmixes, trims and resamples; this thread only hands the
@@ -446,19 +452,11 @@ fn decode_symphonia(
                             mono.resize(frames, 0.0);
                         }
                     }
-                    let pushed =
-                        trimmer.push(&mono, &mut |b| resampler.push(b, &mut |r| out.push(r)));
-                    if pushed.is_err() {
-                        return Ok((stats, channels)); // the consumer stopped; it reports why
-                    }
+                    trimmer.push(&mono, &mut |b| resampler.push(b, &mut |r| out.push(r)))?;
                 }
-                if resampler
-                    .finish(&mut |r| out.push(r))
-                    .and_then(|_| out.flush())
-                    .is_ok()
-                {
-                    stats.source_frames = trimmer.emitted();
-                }
+                resampler.finish(&mut |r| out.push(r))?;
+                out.flush()?;
+                stats.source_frames = trimmer.emitted();
                 Ok((stats, channels))
             })
             .map_err(|e| Error::io("cannot start the decoder thread", e))?;
@@ -471,8 +469,11 @@ fn decode_symphonia(
             }
         }
         drop(rx);
-        let (stats, channels) = join(decode)??;
+        // The consumer's error (a limit, a full disk) explains a decoder that stopped early, so
+        // it wins over the decoder's own "the consumer stopped".
+        let decoded = join(decode);
         consumed?;
+        let (stats, channels) = decoded??;
         if info.channels == 0 {
             info.channels = channels;
         }
@@ -616,7 +617,7 @@ fn decode_opus(
     let mut trimmer = Trimmer::new(
         pre_skip / ratio,
         declared.map(|n| n / ratio),
-        u64::from(rate) / 5,
+        end_tolerance(rate),
     );
     let mut resampler = MonoResampler::new(rate)?;
 
@@ -655,8 +656,9 @@ fn decode_opus(
             trimmer.push(b, &mut |t| resampler.push(t, sink))
         });
         drop(credit_tx);
-        let mut stats = join(demux)??;
+        let demuxed = join(demux);
         consumed?;
+        let mut stats = demuxed??;
         resampler.finish(sink)?;
         stats.corrupt += corrupt;
         stats.source_frames = trimmer.emitted() * ratio;
