@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use symphonia::core::codecs::CodecParameters;
 use symphonia::core::codecs::audio::AudioDecoderOptions;
-use symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS;
+use symphonia::core::codecs::audio::well_known::{CODEC_ID_AAC, CODEC_ID_OPUS};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::well_known::{FORMAT_ID_ISOMP4, FORMAT_ID_MKV};
@@ -198,7 +198,7 @@ pub fn decode_file(
         let edit = if format.format_info().format == FORMAT_ID_ISOMP4 {
             File::open(path)
                 .ok()
-                .and_then(|mut f| mp4_edit::read_audio_edit(&mut f))
+                .and_then(|mut f| mp4_edit::read_audio_edit(&mut f, params.codec == CODEC_ID_AAC))
         } else {
             None
         };

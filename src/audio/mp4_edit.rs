@@ -1,9 +1,11 @@
-//! Reads the audio track's edit list (`elst`) from an MP4/M4A file.
+//! Finds where the recording starts and ends inside an MP4/M4A's decoded AAC.
 //!
 //! AAC encoders prime the decoder with 1024 (ffmpeg) or 2112 (Apple) samples of delay and pad the
-//! last frame; the MP4 edit list says which decoded samples are the real recording. symphonia's
-//! MP4 reader does not apply it, so without this every Safari recording would start 21–44 ms late
-//! and run long by up to a frame.
+//! last frame. Files say so in one of two places: the audio track's edit list (`elst`), or
+//! iTunes' `iTunSMPB` tag. symphonia's MP4 reader applies neither, so without this every Safari
+//! recording would start 21–44 ms late and run long by up to a frame. Fragmented MP4 (what live
+//! recorders write: an empty `moov`, then `moof`/`mdat` pairs) often says neither; there we remove
+//! the AAC encoder delay of 1024 samples that ffmpeg-family encoders use, and say so.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -20,10 +22,30 @@ pub struct AudioEdit {
 /// Largest box we read into memory: edit lists and headers are tiny.
 const MAX_SMALL_BOX: u64 = 1 << 16;
 
-/// The edit of the first audio (`soun`) track, or `None` when the file has none or cannot be read.
-pub fn read_audio_edit(file: &mut File) -> Option<AudioEdit> {
+/// The AAC encoder delay of ffmpeg-family encoders (one frame), assumed for fragmented MP4 that
+/// signals none.
+pub const DEFAULT_AAC_PRIMING: u64 = 1024;
+
+/// Where the recording lies in the decoded audio, from the file's own signalling; for a fragmented
+/// file with AAC (`aac`) and no signalling, the default priming. `None` when nothing applies.
+pub fn read_audio_edit(file: &mut File, aac: bool) -> Option<AudioEdit> {
     let len = file.metadata().ok()?.len();
     let moov = find_child(file, 0, len, b"moov")?;
+    if let Some(edit) = read_elst(file, moov) {
+        return Some(edit);
+    }
+    if let Some(edit) = read_itunsmpb(file, moov) {
+        return Some(edit);
+    }
+    let fragmented = find_child(file, moov.0, moov.1, b"mvex").is_some();
+    (aac && fragmented).then_some(AudioEdit {
+        skip: DEFAULT_AAC_PRIMING,
+        keep: None,
+    })
+}
+
+/// The edit list of the first audio (`soun`) track.
+fn read_elst(file: &mut File, moov: (u64, u64)) -> Option<AudioEdit> {
     let movie_timescale = read_mvhd_timescale(file, moov)?;
     let mut pos = moov.0;
     while let Some(trak) = next_box(file, pos, moov.1) {
@@ -44,6 +66,63 @@ pub fn read_audio_edit(file: &mut File) -> Option<AudioEdit> {
         return parse_elst(&body, movie_timescale, media_timescale);
     }
     None
+}
+
+/// iTunes' gapless tag: `moov/udta/meta/ilst/----` named `iTunSMPB`.
+fn read_itunsmpb(file: &mut File, moov: (u64, u64)) -> Option<AudioEdit> {
+    let udta = find_child(file, moov.0, moov.1, b"udta")?;
+    let meta = find_child(file, udta.0, udta.1, b"meta")?;
+    // `meta` is a full box: four bytes of version and flags before its children.
+    let ilst = find_child(file, meta.0 + 4, meta.1, b"ilst")?;
+    let mut pos = ilst.0;
+    while let Some(item) = next_box(file, pos, ilst.1) {
+        pos = item.end;
+        if &item.kind != b"----" {
+            continue;
+        }
+        let body = read_small(file, (item.body, item.end))?;
+        if let Some(edit) = parse_freeform_itunsmpb(&body) {
+            return Some(edit);
+        }
+    }
+    None
+}
+
+/// Parses a freeform (`----`) item's children (`mean`, `name`, `data`): when the name is
+/// `iTunSMPB`, the data is text like ` 00000000 00000840 000001CA 0000000000A8A5F6 ...`, whose
+/// second, third and fourth hex fields are the priming, the padding and the real sample count.
+fn parse_freeform_itunsmpb(body: &[u8]) -> Option<AudioEdit> {
+    let mut name_ok = false;
+    let mut text = None;
+    let mut pos = 0usize;
+    while pos + 8 <= body.len() {
+        let size = u32::from_be_bytes(body[pos..pos + 4].try_into().ok()?) as usize;
+        if size < 8 || pos + size > body.len() {
+            return None;
+        }
+        let payload = &body[pos + 8..pos + size];
+        match &body[pos + 4..pos + 8] {
+            // `name` and `data` are full boxes; `data` also has a four-byte locale.
+            b"name" => name_ok = payload.get(4..) == Some(b"iTunSMPB".as_slice()),
+            b"data" => text = payload.get(8..),
+            _ => {}
+        }
+        pos += size;
+    }
+    if !name_ok {
+        return None;
+    }
+    let text = std::str::from_utf8(text?).ok()?;
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(|f| u64::from_str_radix(f, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let (skip, count) = (*fields.get(1)?, *fields.get(3)?);
+    Some(AudioEdit {
+        skip,
+        keep: (count > 0).then_some(count),
+    })
 }
 
 /// Interprets an `elst` body: the first non-empty edit's media time is the priming, its segment
@@ -194,6 +273,30 @@ mod tests {
         let edit = parse_elst(&body, 600, 44_100).unwrap();
         assert_eq!(edit.skip, 2112);
         assert_eq!(edit.keep, Some(2000 * 44_100 / 600));
+    }
+
+    #[test]
+    fn itunes_gapless_tag() {
+        let text = b" 00000000 00000840 000001CA 0000000000A8A5F6 00000000 00000000";
+        let mut body = Vec::new();
+        for (kind, payload) in [
+            (b"mean", [&[0u8; 4][..], b"com.apple.iTunes"].concat()),
+            (b"name", [&[0u8; 4][..], b"iTunSMPB"].concat()),
+            (b"data", [&[0u8, 0, 0, 1, 0, 0, 0, 0][..], text].concat()),
+        ] {
+            body.extend_from_slice(&((payload.len() + 8) as u32).to_be_bytes());
+            body.extend_from_slice(kind);
+            body.extend_from_slice(&payload);
+        }
+        let edit = parse_freeform_itunsmpb(&body).unwrap();
+        assert_eq!(edit.skip, 0x840);
+        assert_eq!(edit.keep, Some(0xA8A5F6));
+        // Another freeform tag is not ours.
+        let other: Vec<u8> = body
+            .iter()
+            .map(|&b| if b == b'S' { b'X' } else { b })
+            .collect();
+        assert_eq!(parse_freeform_itunsmpb(&other), None);
     }
 
     #[test]
