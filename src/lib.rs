@@ -1,7 +1,15 @@
 //! audio-worker: turns recorded coaching sessions into diarised transcripts and a coaching
 //! analysis. This crate is the library; `src/main.rs` is a thin command line over it.
 
+pub mod analysis;
 pub mod audio;
+pub mod conversation;
+pub mod diarize;
 pub mod error;
+pub mod transcribe;
 
 pub use error::{Error, ErrorCode, Result};
+
+/// A boxed, sendable future: what the pipeline's ports (transcriber, analyzer) return, so they
+/// can be swapped behind `dyn` (OpenAI or a sidecar file, Gemini or nothing).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,355 @@
+//! The OpenAI transcription adapter (async-openai), for OpenAI itself or any server that speaks
+//! its API (`OPENAI_BASE_URL`, e.g. a self-hosted Whisper).
+//!
+//! async-openai's own retry layer is replaced by a plain transport that remembers each reply's
+//! status and Retry-After header, so our [`RetryPolicy`] decides: 429, 5xx, timeouts, dropped
+//! connections and unreadable bodies are retried with backoff; any other 4xx fails at once.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::middleware::HttpRequestFactory;
+use async_openai::types::InputSource;
+use async_openai::types::audio::{
+    AudioInput, AudioResponseFormat, CreateTranscriptionRequest, TimestampGranularity,
+};
+
+use super::retry::{RetryPolicy, parse_retry_after};
+use super::whisper_json::{self, ChunkText};
+use super::{ChunkRequest, Transcriber};
+use crate::BoxFuture;
+use crate::error::{Error, ErrorCode, Result};
+
+/// Which reply a model gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// `verbose_json` with segment timestamps (whisper-1 and compatible servers).
+    Segments,
+    /// `json` with text only (gpt-4o-transcribe and newer): we send speech pieces instead.
+    Text,
+}
+
+impl ResponseMode {
+    /// The mode a model uses unless configured otherwise.
+    pub fn default_for(model: &str) -> ResponseMode {
+        if model.starts_with("whisper") {
+            ResponseMode::Segments
+        } else {
+            ResponseMode::Text
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<ResponseMode> {
+        match value {
+            "verbose_json" | "segments" => Some(ResponseMode::Segments),
+            "json" | "text" => Some(ResponseMode::Text),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the adapter needs; `Debug` never shows the key.
+#[derive(Clone)]
+pub struct OpenAiConfig {
+    pub api_key: String,
+    pub base_url: String,
+    pub model: String,
+    pub mode: ResponseMode,
+    pub retry: RetryPolicy,
+    pub request_timeout: Duration,
+}
+
+impl fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("api_key", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("mode", &self.mode)
+            .field("retry", &self.retry)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// whisper-1 shuts down on 2027-02-26; the model is configuration (`WHISPER_MODEL`).
+pub const DEFAULT_MODEL: &str = "whisper-1";
+
+impl OpenAiConfig {
+    /// Reads `OPENAI_API_KEY` (none: `Ok(None)`), `OPENAI_BASE_URL`, `WHISPER_MODEL`,
+    /// `WHISPER_RESPONSE_MODE` (verbose_json | json), `WHISPER_MAX_ATTEMPTS`,
+    /// `WHISPER_TIMEOUT_S`. A malformed value is an error naming the variable.
+    pub fn from_env() -> Result<Option<OpenAiConfig>> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<OpenAiConfig>> {
+        let Some(api_key) = get("OPENAI_API_KEY").filter(|k| !k.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let bad = |var: &str, v: &str| {
+            Error::new(ErrorCode::Internal, format!("{var}={v:?} is not valid"))
+        };
+        let model = get("WHISPER_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into());
+        let mode = match get("WHISPER_RESPONSE_MODE") {
+            Some(v) => ResponseMode::parse(&v).ok_or_else(|| bad("WHISPER_RESPONSE_MODE", &v))?,
+            None => ResponseMode::default_for(&model),
+        };
+        let mut retry = RetryPolicy::default();
+        if let Some(v) = get("WHISPER_MAX_ATTEMPTS") {
+            retry.max_attempts = v
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad("WHISPER_MAX_ATTEMPTS", &v))?;
+        }
+        let request_timeout = match get("WHISPER_TIMEOUT_S") {
+            Some(v) => Duration::from_secs(
+                v.parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| bad("WHISPER_TIMEOUT_S", &v))?,
+            ),
+            None => Duration::from_secs(300),
+        };
+        Ok(Some(OpenAiConfig {
+            api_key: api_key.trim().to_string(),
+            base_url: get("OPENAI_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.into()),
+            model,
+            mode,
+            retry,
+            request_timeout,
+        }))
+    }
+}
+
+pub struct OpenAiTranscriber {
+    config: OpenAiConfig,
+    http: reqwest::Client,
+}
+
+impl OpenAiTranscriber {
+    pub fn new(config: OpenAiConfig) -> Result<OpenAiTranscriber> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot build the HTTP client: {e}"),
+                )
+            })?;
+        Ok(OpenAiTranscriber { config, http })
+    }
+
+    /// One request. The outcome says whether another attempt may help.
+    async fn attempt(&self, req: &ChunkRequest<'_>) -> Attempt {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let probe = {
+            let seen = Arc::clone(&seen);
+            let http = self.http.clone();
+            tower::service_fn(move |factory: HttpRequestFactory| {
+                let (seen, http) = (Arc::clone(&seen), http.clone());
+                async move {
+                    let request = factory.build().await?;
+                    let response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
+                    let mut s = seen.lock().expect("not poisoned");
+                    s.status = Some(response.status().as_u16());
+                    s.retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_retry_after);
+                    Ok::<_, OpenAIError>(response)
+                }
+            })
+        };
+        let client = Client::with_config(
+            OpenAIConfig::new()
+                .with_api_key(self.config.api_key.clone())
+                .with_api_base(self.config.base_url.trim_end_matches('/')),
+        )
+        .with_http_service(probe);
+
+        let request = CreateTranscriptionRequest {
+            file: AudioInput {
+                source: InputSource::Path {
+                    path: req.audio.path.clone(),
+                },
+            },
+            model: self.config.model.clone(),
+            language: Some(req.language.to_string()),
+            prompt: req.prompt.clone(),
+            response_format: Some(match self.config.mode {
+                ResponseMode::Segments => AudioResponseFormat::VerboseJson,
+                ResponseMode::Text => AudioResponseFormat::Json,
+            }),
+            timestamp_granularities: (self.config.mode == ResponseMode::Segments)
+                .then(|| vec![TimestampGranularity::Segment]),
+            ..Default::default()
+        };
+        let result = client.audio().transcription().create_raw(request).await;
+        let seen = *seen.lock().expect("not poisoned");
+        match result {
+            Ok(body) => match whisper_json::parse(&body) {
+                Ok(text) => Attempt::Done(text),
+                Err(e) => Attempt::Retry(format!("unreadable reply: {e}"), None, false),
+            },
+            Err(OpenAIError::ApiError(api)) => {
+                classify(api.status_code.as_u16(), &api.api_error.message, seen)
+            }
+            Err(OpenAIError::Reqwest(e)) if e.is_timeout() => {
+                Attempt::Retry("the request timed out".into(), None, false)
+            }
+            Err(OpenAIError::Reqwest(e)) => {
+                Attempt::Retry(format!("connection failed: {e}"), None, false)
+            }
+            Err(OpenAIError::JSONDeserialize(_, body)) => match seen.status {
+                Some(status) if status >= 400 => classify(status, &snippet(&body), seen),
+                _ => Attempt::Retry(format!("unreadable reply: {}", snippet(&body)), None, false),
+            },
+            Err(OpenAIError::FileReadError(e)) => Attempt::Fail(Error::new(
+                ErrorCode::Internal,
+                format!("cannot read chunk audio: {e}"),
+            )),
+            Err(other) => Attempt::Fail(Error::new(
+                ErrorCode::WhisperFailed,
+                format!("transcription failed: {other}"),
+            )),
+        }
+    }
+}
+
+/// What the transport saw of the last reply.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+}
+
+enum Attempt {
+    Done(ChunkText),
+    /// Worth retrying: the reason, the server's Retry-After, and whether it was a rate limit.
+    Retry(String, Option<Duration>, bool),
+    Fail(Error),
+}
+
+fn classify(status: u16, message: &str, seen: Seen) -> Attempt {
+    match status {
+        429 => Attempt::Retry(
+            format!("rate limited (429): {message}"),
+            seen.retry_after,
+            true,
+        ),
+        500..=599 => Attempt::Retry(
+            format!("server error ({status}): {message}"),
+            seen.retry_after,
+            false,
+        ),
+        _ => Attempt::Fail(Error::new(
+            ErrorCode::WhisperFailed,
+            format!("the transcription API refused the request ({status}): {message}"),
+        )),
+    }
+}
+
+fn snippet(body: &str) -> String {
+    body.chars().take(200).collect()
+}
+
+impl Transcriber for OpenAiTranscriber {
+    fn name(&self) -> String {
+        format!("openai:{}", self.config.model)
+    }
+
+    fn gives_timestamps(&self) -> bool {
+        self.config.mode == ResponseMode::Segments
+    }
+
+    fn transcribe<'a>(&'a self, req: ChunkRequest<'a>) -> BoxFuture<'a, Result<ChunkText>> {
+        Box::pin(async move {
+            let policy = self.config.retry;
+            let mut attempt = 1;
+            loop {
+                let (reason, retry_after, rate_limited) = match self.attempt(&req).await {
+                    Attempt::Done(text) => return Ok(text),
+                    Attempt::Fail(e) => return Err(e),
+                    Attempt::Retry(reason, retry_after, rate_limited) => {
+                        (reason, retry_after, rate_limited)
+                    }
+                };
+                if attempt >= policy.max_attempts {
+                    let code = if rate_limited {
+                        ErrorCode::WhisperRateLimited
+                    } else {
+                        ErrorCode::WhisperFailed
+                    };
+                    return Err(Error::new(
+                        code,
+                        format!(
+                            "chunk {} failed after {attempt} attempts: {reason}",
+                            req.audio.index
+                        ),
+                    ));
+                }
+                tokio::time::sleep(policy.backoff(attempt, retry_after)).await;
+                attempt += 1;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(OpenAiConfig::from_lookup(env(&[])).unwrap().is_none());
+        let c = OpenAiConfig::from_lookup(env(&[("OPENAI_API_KEY", "sk-test-123")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.model.as_str(), c.mode),
+            ("whisper-1", ResponseMode::Segments)
+        );
+        assert!(
+            !format!("{c:?}").contains("sk-test-123"),
+            "the key never reaches Debug output"
+        );
+        let c = OpenAiConfig::from_lookup(env(&[
+            ("OPENAI_API_KEY", "k"),
+            ("WHISPER_MODEL", "gpt-4o-transcribe"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.mode, ResponseMode::Text);
+        let c = OpenAiConfig::from_lookup(env(&[
+            ("OPENAI_API_KEY", "k"),
+            ("WHISPER_MODEL", "my-whisper"),
+            ("WHISPER_RESPONSE_MODE", "verbose_json"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.mode, ResponseMode::Segments);
+        let err = OpenAiConfig::from_lookup(env(&[
+            ("OPENAI_API_KEY", "k"),
+            ("WHISPER_MAX_ATTEMPTS", "zero"),
+        ]))
+        .unwrap_err();
+        assert!(err.message.contains("WHISPER_MAX_ATTEMPTS"));
+    }
+}

@@ -1,0 +1,328 @@
+//! The OpenAI transcription adapter and the chunk merge, against a local fake of the
+//! `/v1/audio/transcriptions` endpoint that speaks its documented wire format and its failures.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use audio_worker::ErrorCode;
+use audio_worker::transcribe::openai::{OpenAiConfig, OpenAiTranscriber, ResponseMode};
+use audio_worker::transcribe::retry::RetryPolicy;
+use audio_worker::transcribe::{ChunkAudio, transcribe_all};
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const ENDPOINT: &str = "/v1/audio/transcriptions";
+
+fn config(server: &MockServer, mode: ResponseMode) -> OpenAiConfig {
+    OpenAiConfig {
+        api_key: "sk-fake-key".into(),
+        base_url: format!("{}/v1", server.uri()),
+        model: match mode {
+            ResponseMode::Segments => "whisper-1".into(),
+            ResponseMode::Text => "gpt-4o-transcribe".into(),
+        },
+        mode,
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(50),
+        },
+        request_timeout: Duration::from_secs(5),
+    }
+}
+
+/// Chunk WAVs (the content does not matter to the fake) at the given timeline spans.
+fn chunks(dir: &Path, spans: &[(f64, f64)]) -> Vec<ChunkAudio> {
+    spans
+        .iter()
+        .enumerate()
+        .map(|(index, &(start_s, end_s))| {
+            let path = dir.join(format!("chunk-{index:03}.wav"));
+            let spec = hound::WavSpec {
+                channels: 1,
+                sample_rate: 16_000,
+                bits_per_sample: 16,
+                sample_format: hound::SampleFormat::Int,
+            };
+            let mut w = hound::WavWriter::create(&path, spec).unwrap();
+            for _ in 0..1600 {
+                w.write_sample(0i16).unwrap();
+            }
+            w.finalize().unwrap();
+            ChunkAudio {
+                index,
+                path,
+                start_s,
+                end_s,
+            }
+        })
+        .collect()
+}
+
+fn verbose(segments: &[(f64, f64, &str)]) -> serde_json::Value {
+    serde_json::json!({
+        "task": "transcribe",
+        "language": "japanese",
+        "duration": segments.last().map_or(0.0, |s| s.1),
+        "text": segments.iter().map(|s| s.2).collect::<String>(),
+        "segments": segments.iter().enumerate().map(|(i, s)| serde_json::json!({
+            "id": i, "seek": 0, "start": s.0, "end": s.1, "text": s.2, "tokens": [1, 2],
+            "temperature": 0.0, "avg_logprob": -0.2, "compression_ratio": 1.3, "no_speech_prob": 0.01
+        })).collect::<Vec<_>>()
+    })
+}
+
+fn openai_error(status: u16, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(serde_json::json!({
+        "error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}
+    }))
+}
+
+async fn run(
+    cfg: OpenAiConfig,
+    audio: Vec<ChunkAudio>,
+    concurrency: usize,
+) -> audio_worker::Result<audio_worker::conversation::Transcript> {
+    let t = Arc::new(OpenAiTranscriber::new(cfg).unwrap());
+    transcribe_all(t, audio, "ja", concurrency, &[[0.0, 10_000.0]], |_, _| {}).await
+}
+
+fn body_text(req: &wiremock::Request) -> String {
+    String::from_utf8_lossy(&req.body).into_owned()
+}
+
+/// The multipart form field `name`'s value.
+fn form_field(body: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\"\r\n\r\n");
+    let start = body.find(&marker)? + marker.len();
+    let end = body[start..].find("\r\n")? + start;
+    Some(body[start..end].to_string())
+}
+
+#[tokio::test]
+async fn segments_land_on_the_original_timeline_and_the_request_is_well_formed() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .and(header("authorization", "Bearer sk-fake-key"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(verbose(&[
+            (0.5, 2.0, "こんにちは。"),
+            (3.0, 4.5, "元気ですか？"),
+        ])))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = run(
+        config(&server, ResponseMode::Segments),
+        chunks(dir.path(), &[(0.0, 600.0), (600.0, 1200.0)]),
+        2,
+    )
+    .await
+    .unwrap();
+    let times: Vec<(f64, f64)> = t.segments.iter().map(|s| (s.start_s, s.end_s)).collect();
+    assert_eq!(
+        times,
+        vec![(0.5, 2.0), (3.0, 4.5), (600.5, 602.0), (603.0, 604.5)]
+    );
+    assert_eq!(t.source, "openai:whisper-1");
+
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    let body = body_text(&requests[0]);
+    assert_eq!(form_field(&body, "model").as_deref(), Some("whisper-1"));
+    assert_eq!(form_field(&body, "language").as_deref(), Some("ja"));
+    assert_eq!(
+        form_field(&body, "response_format").as_deref(),
+        Some("verbose_json")
+    );
+    assert_eq!(
+        form_field(&body, "timestamp_granularities[]").as_deref(),
+        Some("segment")
+    );
+    assert!(
+        body.contains("filename=\"chunk-00"),
+        "the file part carries a name with an extension"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_are_retried_after_the_servers_retry_after() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(openai_error(429, "Rate limit reached").insert_header("retry-after", "1"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(ResponseTemplate::new(200).set_body_json(verbose(&[(0.0, 1.0, "はい")])))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let t = run(
+        config(&server, ResponseMode::Segments),
+        chunks(dir.path(), &[(0.0, 10.0)]),
+        1,
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited {:?}, Retry-After said 1 s",
+        started.elapsed()
+    );
+    assert_eq!(t.segments.len(), 1);
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn server_errors_timeouts_and_garbage_are_retried() {
+    let server = MockServer::start().await;
+    // 500, then a reply slower than the client's timeout, then an HTML error page, then success.
+    for (priority, response) in [
+        (1, openai_error(500, "The server had an error")),
+        (
+            2,
+            ResponseTemplate::new(200)
+                .set_body_json(verbose(&[(0.0, 1.0, "遅い")]))
+                .set_delay(Duration::from_secs(3)),
+        ),
+        (
+            3,
+            ResponseTemplate::new(200).set_body_string("<html>502 Bad Gateway</html>"),
+        ),
+    ] {
+        Mock::given(method("POST"))
+            .and(path(ENDPOINT))
+            .respond_with(response)
+            .up_to_n_times(1)
+            .with_priority(priority)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(ResponseTemplate::new(200).set_body_json(verbose(&[(0.0, 1.0, "成功")])))
+        .with_priority(9)
+        .mount(&server)
+        .await;
+    let mut cfg = config(&server, ResponseMode::Segments);
+    cfg.retry.max_attempts = 4;
+    cfg.request_timeout = Duration::from_millis(500);
+    let dir = tempfile::tempdir().unwrap();
+    let t = run(cfg, chunks(dir.path(), &[(0.0, 10.0)]), 1)
+        .await
+        .unwrap();
+    assert_eq!(t.segments[0].text, "成功");
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn a_client_error_fails_at_once_with_the_apis_message() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(openai_error(400, "Invalid file format."))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(
+        config(&server, ResponseMode::Segments),
+        chunks(dir.path(), &[(0.0, 10.0)]),
+        1,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::WhisperFailed);
+    assert!(err.message.contains("Invalid file format."), "{err}");
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        1,
+        "a 400 is not retried"
+    );
+}
+
+#[tokio::test]
+async fn endless_rate_limits_end_as_rate_limited_after_the_last_attempt() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(openai_error(429, "Rate limit reached").insert_header("retry-after", "0"))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(
+        config(&server, ResponseMode::Segments),
+        chunks(dir.path(), &[(0.0, 10.0)]),
+        1,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::WhisperRateLimited);
+    assert_eq!(server.received_requests().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn each_chunk_is_prompted_with_the_tail_of_the_previous_one() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(ResponseTemplate::new(200).set_body_json(verbose(&[(
+            0.0,
+            1.0,
+            "前の話の終わりです。",
+        )])))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    run(
+        config(&server, ResponseMode::Segments),
+        chunks(dir.path(), &[(0.0, 5.0), (5.0, 10.0)]),
+        1,
+    )
+    .await
+    .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(
+        form_field(&body_text(&requests[0]), "prompt"),
+        None,
+        "the first chunk has no prompt"
+    );
+    assert_eq!(
+        form_field(&body_text(&requests[1]), "prompt").as_deref(),
+        Some("前の話の終わりです。")
+    );
+}
+
+#[tokio::test]
+async fn text_only_models_get_json_and_their_text_spans_the_piece() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "text": "ありがとうございます。",
+            "usage": {"type": "tokens", "input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+        })))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = run(
+        config(&server, ResponseMode::Text),
+        chunks(dir.path(), &[(12.25, 30.5)]),
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!((t.segments[0].start_s, t.segments[0].end_s), (12.25, 30.5));
+    let body = body_text(&server.received_requests().await.unwrap()[0]);
+    assert_eq!(
+        form_field(&body, "response_format").as_deref(),
+        Some("json")
+    );
+    assert_eq!(form_field(&body, "timestamp_granularities[]"), None);
+}
