@@ -36,13 +36,15 @@ pub enum ErrorCode {
     SupabaseWriteFailed,
     QueueInvalidJob,
     QueueBadSignature,
+    /// Configuration needed for this run is missing or invalid (the message names it).
+    ConfigMissing,
     /// A bug or an environment failure (disk full, temp dir not writable).
     Internal,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::AudioUnsupportedFormat,
         ErrorCode::AudioDecodeFailed,
         ErrorCode::AudioNoAudioTrack,
@@ -61,6 +63,7 @@ impl ErrorCode {
         ErrorCode::SupabaseWriteFailed,
         ErrorCode::QueueInvalidJob,
         ErrorCode::QueueBadSignature,
+        ErrorCode::ConfigMissing,
         ErrorCode::Internal,
     ];
 
@@ -85,6 +88,7 @@ impl ErrorCode {
             ErrorCode::SupabaseWriteFailed => "SUPABASE_WRITE_FAILED",
             ErrorCode::QueueInvalidJob => "QUEUE_INVALID_JOB",
             ErrorCode::QueueBadSignature => "QUEUE_BAD_SIGNATURE",
+            ErrorCode::ConfigMissing => "CONFIG_MISSING",
             ErrorCode::Internal => "INTERNAL",
         }
     }

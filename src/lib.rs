@@ -6,6 +6,9 @@ pub mod audio;
 pub mod conversation;
 pub mod diarize;
 pub mod error;
+pub mod pipeline;
+pub mod replay;
+pub mod report;
 pub mod transcribe;
 
 pub use error::{Error, ErrorCode, Result};

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use audio_worker::audio::{self, PrepareOptions};
+use audio_worker::replay;
 use audio_worker::{Error, ErrorCode};
 
 #[derive(Parser)]
@@ -50,6 +51,30 @@ enum Command {
         #[arg(long, default_value_t = audio_worker::audio::decode::OPUS_RATE_DEFAULT)]
         opus_rate: u32,
     },
+    /// Run the whole pipeline on a local recording: prepare, transcribe, diarise, measure, analyse.
+    Replay {
+        /// The recording.
+        input: PathBuf,
+        /// Whisper verbose_json transcript of the whole recording (default: INPUT's stem +
+        /// .transcript.json beside it, else OpenAI when OPENAI_API_KEY is set).
+        #[arg(long)]
+        transcript: Option<PathBuf>,
+        /// Where to write the result JSON (schemas/result.schema.json).
+        #[arg(long, default_value = "result.json")]
+        out: PathBuf,
+        /// Also write a self-contained HTML report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Language of the session (ISO-639-1).
+        #[arg(long, default_value = "ja")]
+        language: String,
+        /// Skip the analysis even when GOOGLE_API_KEY is set.
+        #[arg(long)]
+        no_analysis: bool,
+        /// Session id written into the result.
+        #[arg(long, default_value = "replay")]
+        session_id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +101,27 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
+        Command::Replay {
+            input,
+            transcript,
+            out,
+            report,
+            language,
+            no_analysis,
+            session_id,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()
+                .map_err(|e| Error::io("cannot start the async runtime", e))?;
+            runtime.block_on(replay::run(replay::ReplayArgs {
+                input,
+                transcript,
+                out,
+                report,
+                language,
+                no_analysis,
+                session_id,
+            }))
+        }
         Command::Prepare {
             input,
             out,

@@ -10,6 +10,7 @@ pub mod loudness;
 pub mod manifest;
 pub mod mp4_edit;
 pub mod opus;
+pub mod peaks;
 pub mod resample;
 pub mod spill;
 pub mod vad;

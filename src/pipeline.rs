@@ -1,0 +1,428 @@
+//! One job, start to finish: fetch → prepare → transcribe → diarise → metrics → analysis.
+//!
+//! The daemon and `audio-worker replay` run this very function; they differ only in the ports
+//! they plug in (ARCHITECTURE.md). No stage knows where its input came from or where its output
+//! goes. CPU-heavy stages run on blocking threads, never on the async runtime. The job's temp
+//! directory is removed on every path out, success, error or panic.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::BoxFuture;
+use crate::analysis::metrics::{self, ConversationMetrics};
+use crate::analysis::{AnalysisInput, Analyzer, CoachingAnalysis};
+use crate::audio::decode::SourceInfo;
+use crate::audio::manifest::Manifest;
+use crate::audio::{self, PrepareOptions};
+use crate::conversation::{Transcript, Turn};
+use crate::diarize::{self, DiarizeOptions};
+use crate::error::{Error, ErrorCode, Result};
+use crate::transcribe::pieces::{self, MAX_PIECE_S};
+use crate::transcribe::{ChunkAudio, Transcriber, transcribe_all};
+
+/// Where the recording comes from: S3 for the daemon, a local file for replay.
+pub trait AudioSource: Send + Sync {
+    /// A short description for logs ("s3://bucket/key", a path).
+    fn describe(&self) -> String;
+    /// Puts the recording into `dir` and returns its path.
+    fn fetch<'a>(&'a self, dir: &'a Path) -> BoxFuture<'a, Result<PathBuf>>;
+}
+
+/// The stages the user sees, with ARCHITECTURE.md's percentages and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Queued,
+    Downloading,
+    Preprocessing,
+    Transcribing,
+    Diarization,
+    Analyzing,
+    Saving,
+    Completed,
+    Error,
+}
+
+impl Stage {
+    /// The Japanese message shown to the user for this stage.
+    pub fn message(self) -> &'static str {
+        match self {
+            Stage::Queued => "処理待ちです...",
+            Stage::Downloading => "音声ファイルをダウンロード中...",
+            Stage::Preprocessing => "音声ファイルを前処理中...",
+            Stage::Transcribing => "音声を文字に変換中...",
+            Stage::Diarization => "話者を識別中...",
+            Stage::Analyzing => "AIが会話を分析中...",
+            Stage::Saving => "結果を保存中...",
+            Stage::Completed => "分析完了！",
+            Stage::Error => "エラーが発生しました",
+        }
+    }
+
+    /// Where the progress bar starts for this stage.
+    pub fn percent(self) -> u8 {
+        match self {
+            Stage::Queued => 0,
+            Stage::Downloading => 10,
+            Stage::Preprocessing => 20,
+            Stage::Transcribing => 40,
+            Stage::Diarization => 60,
+            Stage::Analyzing => 80,
+            Stage::Saving => 95,
+            Stage::Completed => 100,
+            Stage::Error => 0,
+        }
+    }
+}
+
+/// One progress report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub stage: Stage,
+    pub percent: u8,
+    pub message: String,
+}
+
+impl Progress {
+    pub fn at(stage: Stage) -> Progress {
+        Progress {
+            stage,
+            percent: stage.percent(),
+            message: stage.message().to_string(),
+        }
+    }
+
+    /// Transcription advances from 40 % to 59 % as chunks finish.
+    pub fn transcribing(done: usize, total: usize) -> Progress {
+        let share = if total == 0 {
+            1.0
+        } else {
+            done as f64 / total as f64
+        };
+        Progress {
+            percent: 40 + (19.0 * share).round() as u8,
+            ..Progress::at(Stage::Transcribing)
+        }
+    }
+
+    /// The error report: the stage message plus the code, as the user sees it.
+    pub fn error(err: &Error) -> Progress {
+        Progress {
+            stage: Stage::Error,
+            percent: 0,
+            message: format!("{}: {} ({})", Stage::Error.message(), err.message, err.code),
+        }
+    }
+}
+
+/// Where progress goes: Supabase for the daemon, the terminal for replay.
+pub trait ProgressSink: Send + Sync {
+    fn report<'a>(&'a self, progress: Progress) -> BoxFuture<'a, Result<()>>;
+}
+
+/// The adapters one run uses.
+#[derive(Clone)]
+pub struct Ports {
+    pub source: Arc<dyn AudioSource>,
+    pub transcriber: Arc<dyn Transcriber>,
+    /// `None`: the analysis is skipped (no key configured), and the result says so.
+    pub analyzer: Option<Arc<dyn Analyzer>>,
+    pub progress: Arc<dyn ProgressSink>,
+}
+
+/// What to process.
+#[derive(Debug, Clone)]
+pub struct PipelineJob {
+    pub session_id: String,
+    /// ISO-639-1 language of the session ("ja").
+    pub language: String,
+}
+
+/// Tuning that is not part of the job.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub prepare: PrepareOptions,
+    pub diarize: DiarizeOptions,
+    /// Chunks transcribed at once.
+    pub transcribe_concurrency: usize,
+    /// Parent of the per-job temp directory (the system temp dir by default).
+    pub work_root: PathBuf,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            prepare: PrepareOptions::default(),
+            diarize: DiarizeOptions::default(),
+            transcribe_concurrency: 4,
+            work_root: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Resolution of the result's waveform.
+pub const WAVEFORM_BUCKETS: usize = 1200;
+
+/// Whether the analysis ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnalysisStatus {
+    Ok,
+    /// No analyzer configured.
+    Skipped,
+    Failed,
+}
+
+/// The error stored with a failed analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The job's result, published as `schemas/result.schema.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub session_id: String,
+    pub source: SourceInfo,
+    pub duration_s: f64,
+    pub language: String,
+    pub speech: Vec<[f64; 2]>,
+    /// Peak level (0..=1) of each of [`WAVEFORM_BUCKETS`] equal spans, for drawing the timeline.
+    pub waveform: Vec<f32>,
+    pub turns: Vec<Turn>,
+    pub transcript: Transcript,
+    pub speakers_found: usize,
+    pub metrics: ConversationMetrics,
+    /// `null` unless `analysis_status` is `ok`: nothing is ever made up.
+    pub analysis: Option<CoachingAnalysis>,
+    pub analysis_status: AnalysisStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_error: Option<StoredError>,
+    pub versions: Versions,
+}
+
+/// Which code and models produced a result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versions {
+    pub worker: String,
+    pub libopus: String,
+    pub transcriber: String,
+    pub diarizer: String,
+    pub analyzer: Option<String>,
+}
+
+/// Runs one job through every stage, reporting progress. On failure an error progress report is
+/// sent (best effort) and the error returned; the temp directory is gone either way.
+pub async fn run(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) -> Result<JobResult> {
+    let result = run_stages(job, ports, opts).await;
+    if let Err(err) = &result {
+        // The original error matters more than a failure to report it.
+        let _ = ports.progress.report(Progress::error(err)).await;
+    }
+    result
+}
+
+async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) -> Result<JobResult> {
+    let temp = tempfile::Builder::new()
+        .prefix("audio-job-")
+        .tempdir_in(&opts.work_root)
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot create a job directory in {}",
+                    opts.work_root.display()
+                ),
+                e,
+            )
+        })?;
+    let work = temp.path().to_path_buf();
+
+    ports
+        .progress
+        .report(Progress::at(Stage::Downloading))
+        .await?;
+    let input = ports.source.fetch(&work).await?;
+
+    ports
+        .progress
+        .report(Progress::at(Stage::Preprocessing))
+        .await?;
+    let prepared_dir = work.join("prepared");
+    let mut prepare_opts = opts.prepare.clone();
+    prepare_opts.write_pcm = true;
+    let manifest = blocking({
+        let (input, dir) = (input.clone(), prepared_dir.clone());
+        move || audio::prepare(&input, &dir, &prepare_opts)
+    })
+    .await?;
+    let pcm = prepared_dir.join(audio::PCM_FILE);
+    let waveform = blocking({
+        let pcm = pcm.clone();
+        move || audio::peaks::read_peaks(&pcm, WAVEFORM_BUCKETS)
+    })
+    .await?;
+
+    ports.progress.report(Progress::transcribing(0, 1)).await?;
+    let units = transcription_units(
+        &manifest,
+        &prepared_dir,
+        &pcm,
+        ports.transcriber.as_ref(),
+        &work,
+    )
+    .await?;
+    let progress = Arc::clone(&ports.progress);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let forward = tokio::spawn(async move {
+        while let Some((done, total)) = rx.recv().await {
+            // Progress is advisory: a failed update must not fail the transcription.
+            let _ = progress.report(Progress::transcribing(done, total)).await;
+        }
+    });
+    let transcript = transcribe_all(
+        Arc::clone(&ports.transcriber),
+        units,
+        &job.language,
+        opts.transcribe_concurrency,
+        &manifest.speech,
+        |done, total| {
+            let _ = tx.send((done, total));
+        },
+    )
+    .await;
+    drop(tx);
+    let _ = forward.await;
+    let transcript = transcript?;
+
+    ports
+        .progress
+        .report(Progress::at(Stage::Diarization))
+        .await?;
+    let diarization = blocking({
+        let (speech, transcript, dopts) = (
+            manifest.speech.clone(),
+            transcript.clone(),
+            opts.diarize.clone(),
+        );
+        move || diarize::diarize(&pcm, &speech, &transcript, &dopts)
+    })
+    .await?;
+    let duration_s = manifest.output.duration_s;
+    let metrics = metrics::compute(&diarization.turns, duration_s);
+
+    ports
+        .progress
+        .report(Progress::at(Stage::Analyzing))
+        .await?;
+    let (analysis, analysis_status, analysis_error) = match &ports.analyzer {
+        None => (None, AnalysisStatus::Skipped, None),
+        Some(analyzer) => {
+            let input = AnalysisInput {
+                turns: &diarization.turns,
+                metrics: &metrics,
+                language: &job.language,
+                duration_s,
+            };
+            match analyzer.analyze(&input).await {
+                Ok(a) => (Some(a), AnalysisStatus::Ok, None),
+                Err(e) => (
+                    None,
+                    AnalysisStatus::Failed,
+                    Some(StoredError {
+                        code: e.code,
+                        message: e.message,
+                    }),
+                ),
+            }
+        }
+    };
+
+    Ok(JobResult {
+        session_id: job.session_id.clone(),
+        source: manifest.source.clone(),
+        duration_s,
+        language: job.language.clone(),
+        speech: manifest.speech.clone(),
+        waveform,
+        turns: diarization.turns,
+        transcript,
+        speakers_found: diarization.speakers_found,
+        metrics,
+        analysis,
+        analysis_status,
+        analysis_error,
+        versions: Versions {
+            worker: env!("CARGO_PKG_VERSION").to_string(),
+            libopus: manifest.producer.libopus.clone(),
+            transcriber: ports.transcriber.name(),
+            diarizer: diarization.method,
+            analyzer: ports.analyzer.as_ref().map(|a| a.name()),
+        },
+    })
+}
+
+/// What to send to the transcriber: the chunks when it gives timestamps, otherwise speech pieces
+/// of at most 30 s whose times we know.
+async fn transcription_units(
+    manifest: &Manifest,
+    prepared_dir: &Path,
+    pcm: &Path,
+    transcriber: &dyn Transcriber,
+    work: &Path,
+) -> Result<Vec<ChunkAudio>> {
+    if transcriber.gives_timestamps() {
+        return Ok(manifest
+            .chunks
+            .iter()
+            .map(|c| ChunkAudio {
+                index: c.index,
+                path: prepared_dir.join(&c.file),
+                start_s: c.start_s,
+                end_s: c.end_s,
+            })
+            .collect());
+    }
+    let plan = pieces::plan_pieces(&manifest.speech, MAX_PIECE_S);
+    let (pcm, dir) = (pcm.to_path_buf(), work.join("pieces"));
+    blocking(move || {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("cannot create the pieces directory", e))?;
+        pieces::write_pieces(&pcm, &plan, &dir)
+    })
+    .await
+}
+
+/// Runs CPU work on tokio's blocking pool; a panic there becomes an error, not a dead worker.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        let what = if e.is_panic() {
+            crate::error::panic_message(e.into_panic().as_ref())
+        } else {
+            "cancelled".into()
+        };
+        Error::new(
+            ErrorCode::Internal,
+            format!("a processing stage crashed: {what}"),
+        )
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_follows_the_documented_stages() {
+        assert_eq!(Progress::at(Stage::Downloading).percent, 10);
+        assert_eq!(Progress::at(Stage::Diarization).message, "話者を識別中...");
+        assert_eq!(Progress::transcribing(0, 4).percent, 40);
+        assert_eq!(Progress::transcribing(2, 4).percent, 50);
+        assert_eq!(Progress::transcribing(4, 4).percent, 59);
+        let e = Progress::error(&Error::new(ErrorCode::AudioNoSpeech, "無音です"));
+        assert!(e.message.starts_with("エラーが発生しました: 無音です"));
+        assert!(e.message.contains("AUDIO_NO_SPEECH"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Human-readable views of a job result: the self-contained HTML replay report.
+
+pub mod html;
