@@ -368,35 +368,7 @@ fn manifest_matches_its_published_schema() {
         &std::fs::read(dir.path().join("out").join(audio::MANIFEST_FILE)).unwrap(),
     )
     .unwrap();
-    check_against(&schema, &written, "manifest");
-}
-
-fn check_against(schema: &serde_json::Value, value: &serde_json::Value, at: &str) {
-    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
-        let obj = value
-            .as_object()
-            .unwrap_or_else(|| panic!("{at} must be an object"));
-        for key in schema["required"].as_array().unwrap() {
-            assert!(obj.contains_key(key.as_str().unwrap()), "{at} lacks {key}");
-        }
-        for (key, v) in obj {
-            let sub = props
-                .get(key)
-                .unwrap_or_else(|| panic!("{at}.{key} is not in the schema"));
-            check_against(sub, v, &format!("{at}.{key}"));
-        }
-    }
-    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
-        for (i, v) in array.iter().enumerate() {
-            check_against(items, v, &format!("{at}[{i}]"));
-        }
-    }
-    if let Some(options) = schema.get("enum").and_then(|e| e.as_array()) {
-        assert!(
-            options.contains(value),
-            "{at} = {value} is not one of {options:?}"
-        );
-    }
+    common::check_against(&schema, &written, "manifest");
 }
 
 /// The faster direct 16 kHz Opus path keeps the same timeline as the default 48 kHz one.

@@ -123,3 +123,34 @@ pub fn in_band_ser(reference: &[f32], ours: &[f32], band_hz: f64, max_lag: isize
     }
     best
 }
+
+/// Checks a JSON value against the parts of a JSON Schema our schemas use for shape: every object
+/// has its `required` keys and no key outside `properties`, arrays' `items`, and `enum`s. Enough
+/// to keep a published schema and what we write from drifting apart.
+pub fn check_against(schema: &serde_json::Value, value: &serde_json::Value, at: &str) {
+    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+        let obj = value
+            .as_object()
+            .unwrap_or_else(|| panic!("{at} must be an object"));
+        for key in schema["required"].as_array().unwrap() {
+            assert!(obj.contains_key(key.as_str().unwrap()), "{at} lacks {key}");
+        }
+        for (key, v) in obj {
+            let sub = props
+                .get(key)
+                .unwrap_or_else(|| panic!("{at}.{key} is not in the schema"));
+            check_against(sub, v, &format!("{at}.{key}"));
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in array.iter().enumerate() {
+            check_against(items, v, &format!("{at}[{i}]"));
+        }
+    }
+    if let Some(options) = schema.get("enum").and_then(|e| e.as_array()) {
+        assert!(
+            options.contains(value),
+            "{at} = {value} is not one of {options:?}"
+        );
+    }
+}
