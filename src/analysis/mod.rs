@@ -624,31 +624,32 @@ mod tests {
             }
         }
         if let Some(arr) = v.as_array() {
-            if let Some(min) = schema["minItems"].as_u64() {
-                if (arr.len() as u64) < min {
-                    errs.push(format!("{path}: fewer than {min}"));
-                }
+            if schema["minItems"]
+                .as_u64()
+                .is_some_and(|min| (arr.len() as u64) < min)
+            {
+                errs.push(format!("{path}: fewer than minItems"));
             }
-            if let Some(max) = schema["maxItems"].as_u64() {
-                if (arr.len() as u64) > max {
-                    errs.push(format!("{path}: more than {max}"));
-                }
+            if schema["maxItems"]
+                .as_u64()
+                .is_some_and(|max| (arr.len() as u64) > max)
+            {
+                errs.push(format!("{path}: more than maxItems"));
             }
             for (i, item) in arr.iter().enumerate() {
                 errs.extend(conforms(&schema["items"], item, &format!("{path}[{i}]")));
             }
         }
-        if let Some(x) = v.as_f64() {
-            if schema["minimum"].as_f64().is_some_and(|m| x < m)
-                || schema["maximum"].as_f64().is_some_and(|m| x > m)
-            {
-                errs.push(format!("{path}: {x} out of range"));
-            }
+        if let Some(x) = v.as_f64()
+            && (schema["minimum"].as_f64().is_some_and(|m| x < m)
+                || schema["maximum"].as_f64().is_some_and(|m| x > m))
+        {
+            errs.push(format!("{path}: {x} out of range"));
         }
-        if let Some(allowed) = schema["enum"].as_array() {
-            if !allowed.contains(v) {
-                errs.push(format!("{path}: {v} not in enum"));
-            }
+        if let Some(allowed) = schema["enum"].as_array()
+            && !allowed.contains(v)
+        {
+            errs.push(format!("{path}: {v} not in enum"));
         }
         errs
     }

@@ -106,10 +106,7 @@ fn metrics(page: &mut String, r: &JobResult) {
     page.push_str(
         "<h2>Metrics</h2>\n<table><tr><th></th><th>コーチ</th><th>クライアント</th></tr>\n",
     );
-    let rows: [(
-        &str,
-        fn(&crate::analysis::metrics::SpeakerMetrics) -> String,
-    ); 5] = [
+    let rows: [(&str, SpeakerCell); 5] = [
         ("speaking time", |s| clock(s.speaking_s)),
         ("share of talk", |s| {
             format!("{:.0} %", s.speaking_ratio * 100.0)
@@ -140,6 +137,9 @@ fn metrics(page: &mut String, r: &JobResult) {
         r.speakers_found
     );
 }
+
+/// How one row of the metrics table shows a speaker's numbers.
+type SpeakerCell = fn(&crate::analysis::metrics::SpeakerMetrics) -> String;
 
 fn analysis(page: &mut String, r: &JobResult) {
     page.push_str("<h2>Analysis</h2>\n");
