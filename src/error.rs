@@ -32,6 +32,8 @@ pub enum ErrorCode {
     WhisperRateLimited,
     WhisperFailed,
     GeminiFailed,
+    /// Gemini's safety filters refused the prompt or the reply: retrying cannot help.
+    GeminiBlocked,
     GeminiInvalidResponse,
     SupabaseWriteFailed,
     QueueInvalidJob,
@@ -44,7 +46,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::AudioUnsupportedFormat,
         ErrorCode::AudioDecodeFailed,
         ErrorCode::AudioNoAudioTrack,
@@ -59,6 +61,7 @@ impl ErrorCode {
         ErrorCode::WhisperRateLimited,
         ErrorCode::WhisperFailed,
         ErrorCode::GeminiFailed,
+        ErrorCode::GeminiBlocked,
         ErrorCode::GeminiInvalidResponse,
         ErrorCode::SupabaseWriteFailed,
         ErrorCode::QueueInvalidJob,
@@ -84,6 +87,7 @@ impl ErrorCode {
             ErrorCode::WhisperRateLimited => "WHISPER_RATE_LIMITED",
             ErrorCode::WhisperFailed => "WHISPER_FAILED",
             ErrorCode::GeminiFailed => "GEMINI_FAILED",
+            ErrorCode::GeminiBlocked => "GEMINI_BLOCKED",
             ErrorCode::GeminiInvalidResponse => "GEMINI_INVALID_RESPONSE",
             ErrorCode::SupabaseWriteFailed => "SUPABASE_WRITE_FAILED",
             ErrorCode::QueueInvalidJob => "QUEUE_INVALID_JOB",

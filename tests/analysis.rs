@@ -380,7 +380,8 @@ async fn a_blocked_prompt_fails_with_the_reason_and_is_not_retried() {
         .mount(&server)
         .await;
     let err = run(config(&server)).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::GeminiFailed);
+    assert_eq!(err.code, ErrorCode::GeminiBlocked);
+    assert!(!err.code.is_retryable());
     assert!(
         err.message.contains("PROHIBITED_CONTENT"),
         "{}",

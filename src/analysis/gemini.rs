@@ -14,8 +14,9 @@
 //!   capped at `max_retry_after`) or else exponential backoff with full jitter
 //!   (uniform in `0..min(backoff_cap, backoff_base * 2^(n-1))`); then `GEMINI_FAILED`.
 //! - Any other 4xx fails at once with `GEMINI_FAILED` and the API's message.
-//! - A blocked prompt (`promptFeedback.blockReason`), no candidates, or a candidate stopped for
-//!   safety/recitation/policy fails with `GEMINI_FAILED` and the reason.
+//! - A blocked prompt (`promptFeedback.blockReason`) or a candidate stopped for
+//!   safety/recitation/policy fails with `GEMINI_BLOCKED` (permanent) and the reason; no
+//!   candidates at all fails with `GEMINI_FAILED`.
 //! - A reply that is not JSON, does not fit the schema or fails [`validate`](super::validate)
 //!   (e.g. an invented quote) is asked for once more with the reason appended to the prompt;
 //!   a second invalid reply fails with `GEMINI_INVALID_RESPONSE`.
@@ -323,15 +324,17 @@ fn api_message(status: reqwest::StatusCode, body: &str) -> String {
 
 fn interpret(envelope: GenerateContentResponse) -> crate::Result<Reply> {
     let failed = |m: String| Error::new(ErrorCode::GeminiFailed, m);
+    // A safety block will block again: permanent, unlike an outage.
+    let blocked = |m: String| Error::new(ErrorCode::GeminiBlocked, m);
     if let Some(reason) = envelope.prompt_feedback.and_then(|p| p.block_reason) {
-        return Err(failed(format!("Gemini blocked the prompt: {reason}")));
+        return Err(blocked(format!("Gemini blocked the prompt: {reason}")));
     }
     let Some(candidate) = envelope.candidates.unwrap_or_default().into_iter().next() else {
         return Err(failed("Gemini returned no candidates".into()));
     };
     let finish = candidate.finish_reason.unwrap_or_default();
     if BLOCKING_FINISH_REASONS.contains(&finish.as_str()) {
-        return Err(failed(format!(
+        return Err(blocked(format!(
             "Gemini withheld the reply: finishReason {finish}"
         )));
     }
@@ -515,7 +518,7 @@ mod tests {
         assert!(matches!(ok, Ok(Reply::Text(t)) if t == "{\"a\":1}"));
         let blocked = parse(r#"{"promptFeedback":{"blockReason":"PROHIBITED_CONTENT"}}"#);
         let e = blocked.err().unwrap();
-        assert_eq!(e.code, ErrorCode::GeminiFailed);
+        assert_eq!(e.code, ErrorCode::GeminiBlocked);
         assert!(e.message.contains("PROHIBITED_CONTENT"));
         let none = parse(r#"{"candidates":[]}"#).err().unwrap();
         assert!(none.message.contains("no candidates"));
@@ -523,6 +526,7 @@ mod tests {
             .err()
             .unwrap();
         assert!(safety.message.contains("SAFETY"));
+        assert_eq!(safety.code, ErrorCode::GeminiBlocked);
         assert!(matches!(
             parse(r#"{"candidates":[{"content":{"parts":[{"text":"{"}]},"finishReason":"MAX_TOKENS"}]}"#),
             Ok(Reply::Invalid(m)) if m.contains("MAX_TOKENS")
