@@ -275,7 +275,8 @@ pub fn compute(turns: &[Turn], duration_s: f64) -> ConversationMetrics {
     events.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
     let overlaps = OverlapMetrics {
         count: events.len(),
-        total_s: events.iter().map(|e| e.end_s - e.start_s).sum(),
+        // fold from +0.0: `sum()` of no floats is -0.0, which would print as "-0.0 s".
+        total_s: events.iter().fold(0.0, |acc, e| acc + (e.end_s - e.start_s)),
         events,
     };
 
@@ -293,7 +294,7 @@ pub fn compute(turns: &[Turn], duration_s: f64) -> ConversationMetrics {
     let silences = SilenceMetrics {
         min_s: MIN_SILENCE_S,
         count: spans.len(),
-        total_s: spans.iter().map(|[a, b]| b - a).sum(),
+        total_s: spans.iter().fold(0.0, |acc, [a, b]| acc + (b - a)),
         spans,
     };
 
@@ -546,6 +547,7 @@ mod tests {
         let m = compute(&[t(0.0, 5.0, C, ""), t(5.0, 9.0, L, "")], 10.0);
         assert_eq!(m.overlaps.count, 0);
         close(m.overlaps.total_s, 0.0);
+        assert!(m.overlaps.total_s.is_sign_positive(), "no overlap is +0, not -0");
     }
 
     #[test]
