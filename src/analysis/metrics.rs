@@ -276,7 +276,9 @@ pub fn compute(turns: &[Turn], duration_s: f64) -> ConversationMetrics {
     let overlaps = OverlapMetrics {
         count: events.len(),
         // fold from +0.0: `sum()` of no floats is -0.0, which would print as "-0.0 s".
-        total_s: events.iter().fold(0.0, |acc, e| acc + (e.end_s - e.start_s)),
+        total_s: events
+            .iter()
+            .fold(0.0, |acc, e| acc + (e.end_s - e.start_s)),
         events,
     };
 
@@ -547,7 +549,10 @@ mod tests {
         let m = compute(&[t(0.0, 5.0, C, ""), t(5.0, 9.0, L, "")], 10.0);
         assert_eq!(m.overlaps.count, 0);
         close(m.overlaps.total_s, 0.0);
-        assert!(m.overlaps.total_s.is_sign_positive(), "no overlap is +0, not -0");
+        assert!(
+            m.overlaps.total_s.is_sign_positive(),
+            "no overlap is +0, not -0"
+        );
     }
 
     #[test]
