@@ -6,9 +6,13 @@ pub mod audio;
 pub mod conversation;
 pub mod diarize;
 pub mod error;
+pub mod job;
 pub mod pipeline;
+pub mod queue;
 pub mod replay;
 pub mod report;
+pub mod storage;
+pub mod supabase;
 pub mod transcribe;
 
 pub use error::{Error, ErrorCode, Result};

@@ -1,6 +1,10 @@
 //! Helpers shared by the integration tests: the fixture catalogue and faithful audio comparison.
 #![allow(dead_code)]
 
+pub mod postgres;
+pub mod s3;
+pub mod servers;
+
 use std::path::{Path, PathBuf};
 
 /// Absolute path of a file under `fixtures/`.

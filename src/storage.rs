@@ -1,0 +1,241 @@
+//! Where recordings come from in production: S3-compatible storage (Tigris on Fly.io).
+//!
+//! Only keys inside the configured bucket (and optional prefix) are accepted: a job can never make
+//! the worker download an arbitrary URL or another tenant's object. The object is streamed into
+//! the job's temp directory with a size cap, never held in memory.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use tokio::io::AsyncWriteExt;
+
+use crate::BoxFuture;
+use crate::error::{Error, ErrorCode, Result};
+use crate::pipeline::AudioSource;
+
+/// Which objects the worker may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// `BUCKET_NAME`, as `fly storage create` sets it.
+    pub bucket: String,
+    /// Keys must start with this (`AUDIO_KEY_PREFIX`, e.g. `recordings/`), if set.
+    pub prefix: Option<String>,
+    /// Largest object downloaded, in bytes.
+    pub max_bytes: u64,
+}
+
+impl StorageConfig {
+    /// Reads `BUCKET_NAME` (required) and `AUDIO_KEY_PREFIX`; the size cap is the audio limit.
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+        max_bytes: u64,
+    ) -> Result<StorageConfig> {
+        let bucket = get("BUCKET_NAME")
+            .filter(|b| !b.trim().is_empty())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::ConfigMissing,
+                    "BUCKET_NAME is not set (fly storage create sets it)",
+                )
+            })?;
+        Ok(StorageConfig {
+            bucket: bucket.trim().to_string(),
+            prefix: get("AUDIO_KEY_PREFIX").filter(|p| !p.is_empty()),
+            max_bytes,
+        })
+    }
+
+    /// Accepts `bucket`/`key` only inside our bucket and prefix, and only as a plain object key.
+    pub fn check(&self, bucket: &str, key: &str) -> Result<()> {
+        let forbid = |why: &str| {
+            Err(Error::new(
+                ErrorCode::StorageForbiddenKey,
+                format!("the audio key {key:?} in bucket {bucket:?} is not allowed: {why}"),
+            ))
+        };
+        if bucket != self.bucket {
+            return forbid("it is not in the configured bucket");
+        }
+        if key.is_empty() || key.len() > 1024 {
+            return forbid("empty or longer than 1024 bytes");
+        }
+        if key.starts_with('/') || key.contains("://") || key.contains('\\') {
+            return forbid("it must be a relative object key, not a path or URL");
+        }
+        if key.split('/').any(|part| part == ".." || part == ".") {
+            return forbid("it contains a '.' or '..' segment");
+        }
+        if key.chars().any(char::is_control) {
+            return forbid("it contains control characters");
+        }
+        if let Some(prefix) = &self.prefix
+            && !key.starts_with(prefix.as_str())
+        {
+            return forbid("it is outside the configured prefix");
+        }
+        Ok(())
+    }
+}
+
+/// An S3 client from the standard AWS environment (`AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`; region `auto` as Tigris wants unless `AWS_REGION` says otherwise).
+pub async fn client_from_env() -> Client {
+    let region =
+        aws_config::Region::new(std::env::var("AWS_REGION").unwrap_or_else(|_| "auto".into()));
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(region)
+        .load()
+        .await;
+    Client::new(&shared)
+}
+
+/// One object to download.
+pub struct S3Object {
+    pub client: Client,
+    pub config: StorageConfig,
+    pub bucket: String,
+    pub key: String,
+}
+
+impl fmt::Debug for S3Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+impl AudioSource for S3Object {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+
+    fn fetch<'a>(&'a self, dir: &'a Path) -> BoxFuture<'a, Result<PathBuf>> {
+        Box::pin(async move {
+            self.config.check(&self.bucket, &self.key)?;
+            let path = dir.join("input.audio");
+            let result = download(self, &path).await;
+            if result.is_err() {
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+            result.map(|()| path)
+        })
+    }
+}
+
+async fn download(obj: &S3Object, path: &Path) -> Result<()> {
+    let response = obj
+        .client
+        .get_object()
+        .bucket(&obj.bucket)
+        .key(&obj.key)
+        .send()
+        .await
+        .map_err(|e| get_error(e, obj))?;
+    let too_large = |n: u64| {
+        Error::new(
+            ErrorCode::AudioTooLarge,
+            format!(
+                "the recording is {} MB; the limit is {} MB",
+                n / 1_000_000,
+                obj.config.max_bytes / 1_000_000
+            ),
+        )
+    };
+    if let Some(len) = response
+        .content_length()
+        .and_then(|l| u64::try_from(l).ok())
+        && len > obj.config.max_bytes
+    {
+        return Err(too_large(len));
+    }
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+    let mut body = response.body;
+    let mut written = 0u64;
+    while let Some(bytes) = body.try_next().await.map_err(|e| {
+        Error::new(
+            ErrorCode::StorageDownloadFailed,
+            format!("the download of {obj:?} broke off: {e}"),
+        )
+    })? {
+        written += bytes.len() as u64;
+        // The declared length can lie; the cap holds on what actually arrives.
+        if written > obj.config.max_bytes {
+            return Err(too_large(written));
+        }
+        file.write_all(&bytes)
+            .await
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    Ok(())
+}
+
+fn get_error(err: SdkError<GetObjectError>, obj: &S3Object) -> Error {
+    match &err {
+        SdkError::ServiceError(service) if service.err().is_no_such_key() => Error::new(
+            ErrorCode::StorageNotFound,
+            format!("{obj:?} does not exist"),
+        ),
+        SdkError::ServiceError(service) if service.raw().status().as_u16() == 404 => Error::new(
+            ErrorCode::StorageNotFound,
+            format!("{obj:?} does not exist"),
+        ),
+        _ => Error::new(
+            ErrorCode::StorageDownloadFailed,
+            format!(
+                "cannot download {obj:?}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&err)
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(prefix: Option<&str>) -> StorageConfig {
+        StorageConfig {
+            bucket: "audio".into(),
+            prefix: prefix.map(String::from),
+            max_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn only_plain_keys_in_our_bucket_and_prefix_are_allowed() {
+        let c = cfg(Some("recordings/"));
+        assert!(c.check("audio", "recordings/u1/s1.webm").is_ok());
+        for (bucket, key) in [
+            ("other", "recordings/u1/s1.webm"),
+            ("audio", "../etc/passwd"),
+            ("audio", "recordings/../../secret"),
+            ("audio", "/recordings/a.webm"),
+            ("audio", "https://evil.example/a.webm"),
+            ("audio", "s3://audio/recordings/a.webm"),
+            ("audio", "uploads/a.webm"),
+            ("audio", ""),
+            ("audio", "recordings/a\nb"),
+            ("audio", "recordings\\..\\a"),
+        ] {
+            let err = c.check(bucket, key).unwrap_err();
+            assert_eq!(err.code, ErrorCode::StorageForbiddenKey, "{bucket}/{key}");
+        }
+        assert!(cfg(None).check("audio", "any/key.m4a").is_ok());
+    }
+
+    #[test]
+    fn config_needs_a_bucket() {
+        let err = StorageConfig::from_lookup(|_| None, 1).unwrap_err();
+        assert!(err.message.contains("BUCKET_NAME"));
+        let c = StorageConfig::from_lookup(|k| (k == "BUCKET_NAME").then(|| "b".to_string()), 7)
+            .unwrap();
+        assert_eq!((c.bucket.as_str(), c.prefix, c.max_bytes), ("b", None, 7));
+    }
+}
