@@ -3,7 +3,9 @@
 
 pub mod analysis;
 pub mod audio;
+pub mod config;
 pub mod conversation;
+pub mod daemon;
 pub mod diarize;
 pub mod error;
 pub mod job;
@@ -11,9 +13,12 @@ pub mod pipeline;
 pub mod queue;
 pub mod replay;
 pub mod report;
+pub mod server;
 pub mod storage;
 pub mod supabase;
+pub mod telemetry;
 pub mod transcribe;
+pub mod worker;
 
 pub use error::{Error, ErrorCode, Result};
 

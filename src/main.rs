@@ -6,8 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use audio_worker::audio::{self, PrepareOptions};
-use audio_worker::replay;
+use audio_worker::config::Config;
+use audio_worker::job::{self, Job};
+use audio_worker::queue::{Queue, QueueConfig};
 use audio_worker::{Error, ErrorCode};
+use audio_worker::{daemon, replay, server, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +78,52 @@ enum Command {
         #[arg(long, default_value = "replay")]
         session_id: String,
     },
+    /// The daemon: claim jobs from Redis, process them, write results to Supabase.
+    Run {
+        /// Exit 0 once the queue has been empty this long (e.g. 5m); overrides EXIT_WHEN_IDLE.
+        #[arg(long, value_parser = parse_duration)]
+        exit_when_idle: Option<std::time::Duration>,
+        /// Jobs at once; overrides WORKER_CONCURRENCY.
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Print the configuration (secrets redacted) and probe every dependency.
+    Check,
+    /// Put a job on the queue exactly as the Edge Function does (signed if JOB_SIGNING_SECRET is set).
+    Enqueue {
+        #[arg(long)]
+        session_id: String,
+        #[arg(long)]
+        user_id: String,
+        /// Object key of the recording inside the bucket.
+        #[arg(long)]
+        key: String,
+        /// Bucket (default: BUCKET_NAME).
+        #[arg(long)]
+        bucket: Option<String>,
+        #[arg(long, default_value = "ja")]
+        language: String,
+    },
+    /// Check a job's JSON (a file, or - for stdin) as the worker would: schema and signature.
+    ValidateJob {
+        #[arg(default_value = "-")]
+        input: PathBuf,
+    },
+    /// Exit 0 when the local /health answers (for container health checks).
+    Health {
+        /// Default: http://127.0.0.1:$PORT/health (PORT defaults to 8080).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    audio_worker::config::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration (e.g. 300, 90s, 5m, 1h)"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Runtime::new().map_err(|e| Error::io("cannot start the async runtime", e))
 }
 
 fn main() -> ExitCode {
@@ -101,6 +150,67 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
+        Command::Run {
+            exit_when_idle,
+            concurrency,
+        } => {
+            telemetry::init_logging();
+            let mut config = Config::from_env()?;
+            if exit_when_idle.is_some() {
+                config.exit_when_idle = exit_when_idle;
+            }
+            if let Some(n) = concurrency {
+                config.concurrency = n.max(1);
+            }
+            runtime()?.block_on(daemon::run(config))
+        }
+        Command::Check => runtime()?.block_on(daemon::check(Config::from_env()?)),
+        Command::Enqueue {
+            session_id,
+            user_id,
+            key,
+            bucket,
+            language,
+        } => runtime()?.block_on(enqueue(session_id, user_id, key, bucket, language)),
+        Command::ValidateJob { input } => {
+            let bytes = if input.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                    .map_err(|e| Error::io("cannot read the job from stdin", e))?;
+                buf
+            } else {
+                std::fs::read(&input)
+                    .map_err(|e| Error::io(format!("cannot read {}", input.display()), e))?
+            };
+            let job = Job::parse(&bytes)?;
+            let secret = std::env::var("JOB_SIGNING_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty());
+            job.check_signature(
+                secret.as_deref().map(str::as_bytes),
+                std::time::SystemTime::now(),
+                audio_worker::config::DEFAULT_JOB_MAX_AGE,
+            )?;
+            println!(
+                "ok job_id={} session_id={} key={} signature={}",
+                job.job_id,
+                job.session_id,
+                job.audio.key,
+                match (&job.signature, &secret) {
+                    (Some(_), Some(_)) => "verified",
+                    (Some(_), None) => "present, not checked (JOB_SIGNING_SECRET unset)",
+                    (None, _) => "none",
+                }
+            );
+            Ok(())
+        }
+        Command::Health { url } => {
+            let url = url.unwrap_or_else(|| {
+                let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+                format!("http://127.0.0.1:{port}/health")
+            });
+            runtime()?.block_on(server::get_ok(&url, std::time::Duration::from_secs(3)))
+        }
         Command::Replay {
             input,
             transcript,
@@ -160,4 +270,41 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
     }
+}
+
+/// `audio-worker enqueue`: builds, signs, validates and XADDs one job.
+async fn enqueue(
+    session_id: String,
+    user_id: String,
+    key: String,
+    bucket: Option<String>,
+    language: String,
+) -> Result<(), Error> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let bucket = bucket.or_else(|| env("BUCKET_NAME")).ok_or_else(|| {
+        Error::new(
+            ErrorCode::ConfigMissing,
+            "no bucket: pass --bucket or set BUCKET_NAME",
+        )
+    })?;
+    let redis_url = env("REDIS_URL")
+        .ok_or_else(|| Error::new(ErrorCode::ConfigMissing, "REDIS_URL is not set"))?;
+    let mut job = Job::new(
+        session_id,
+        user_id,
+        bucket,
+        key,
+        language,
+        std::time::SystemTime::now(),
+    );
+    if let Some(secret) = env("JOB_SIGNING_SECRET") {
+        job::sign(&mut job, secret.as_bytes());
+    }
+    // The worker validates again; refusing here gives the operator the message at once.
+    let json = job.to_json();
+    Job::parse(&json)?;
+    let queue = Queue::connect(QueueConfig::new(redis_url, "enqueue")).await?;
+    let entry = queue.enqueue(&json).await?;
+    println!("enqueued job_id={} entry_id={entry}", job.job_id);
+    Ok(())
 }

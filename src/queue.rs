@@ -171,6 +171,17 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 "#;
 
+/// Puts a job we hold back at the end of the stream as a fresh entry and finishes the old one,
+/// atomically. Returns 1 when done, 0 when the entry is not ours (any more).
+const REQUEUE_LUA: &str = r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[4])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+"#;
+
 /// Moves a pending entry to the dead stream and acknowledges + deletes it, all or nothing.
 /// Returns 1 when moved, 0 when the entry was not pending (already acked or moved).
 const DEAD_LETTER_LUA: &str = r#"
@@ -419,6 +430,28 @@ impl Queue {
             })
             .await?;
         Ok(held == 1)
+    }
+
+    /// Hands a job we hold back to the queue without finishing it (shutdown outlasted the grace
+    /// period): it becomes a new entry, which any worker takes at once, and the interruption does
+    /// not count as a failed attempt (a deploy must not push a long job towards the dead
+    /// letters). `Ok(false)` when the entry is not ours any more.
+    pub async fn requeue(&self, delivery: &Delivery) -> Result<bool> {
+        let done: i64 = self
+            .retry("requeue", || {
+                let mut c = self.conn.clone();
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(REQUEUE_LUA)
+                    .arg(1)
+                    .arg(&self.cfg.stream)
+                    .arg(&self.cfg.group)
+                    .arg(&self.cfg.consumer)
+                    .arg(&delivery.entry_id)
+                    .arg(delivery.payload.as_slice());
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(done == 1)
     }
 
     /// Acknowledges and deletes the entry (MULTI XACK XDEL EXEC): call it only once the result is

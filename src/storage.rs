@@ -92,6 +92,25 @@ pub async fn client_from_env() -> Client {
     Client::new(&shared)
 }
 
+/// Checks the bucket exists and the credentials may read it (HeadBucket), for `/ready`.
+pub async fn probe_bucket(client: &Client, bucket: &str) -> Result<()> {
+    client
+        .head_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::StorageDownloadFailed,
+                format!(
+                    "bucket {bucket:?} is not reachable: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ),
+            )
+        })
+}
+
 /// One object to download.
 pub struct S3Object {
     pub client: Client,

@@ -359,6 +359,25 @@ impl SupabaseClient {
         Ok(rows.into_iter().next())
     }
 
+    /// Reads one row of the jobs table: proves the URL, the key and the migration (for `/ready`).
+    pub async fn ping(&self) -> Result<()> {
+        let quick = SupabaseClient {
+            retry: RetryPolicy {
+                max_attempts: 1,
+                ..self.retry
+            },
+            ..self.clone()
+        };
+        quick
+            .send(
+                "a readiness probe",
+                || self.rest.from(JOBS_TABLE).select("session_id").limit(1),
+                "",
+            )
+            .await
+            .map(drop)
+    }
+
     /// Sends one request with retries; returns the reply's body on success. `prefer` replaces
     /// postgrest's own `Prefer` (it always asks for `return=representation`); "" keeps none.
     async fn send(&self, what: &str, build: impl Fn() -> Builder, prefer: &str) -> Result<String> {
