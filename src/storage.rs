@@ -82,6 +82,8 @@ impl StorageConfig {
 
 /// An S3 client from the standard AWS environment (`AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID`,
 /// `AWS_SECRET_ACCESS_KEY`; region `auto` as Tigris wants unless `AWS_REGION` says otherwise).
+/// `S3_FORCE_PATH_STYLE=true` addresses buckets by path (`host/bucket/key`), for S3 servers
+/// without virtual-host buckets (MinIO, local test servers); Tigris needs neither.
 pub async fn client_from_env() -> Client {
     let region =
         aws_config::Region::new(std::env::var("AWS_REGION").unwrap_or_else(|_| "auto".into()));
@@ -89,7 +91,11 @@ pub async fn client_from_env() -> Client {
         .region(region)
         .load()
         .await;
-    Client::new(&shared)
+    let path_style = std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
+    let config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(path_style)
+        .build();
+    Client::from_conf(config)
 }
 
 /// Checks the bucket exists and the credentials may read it (HeadBucket), for `/ready`.

@@ -235,9 +235,14 @@ fn record(summary: &mut Summary, done: std::result::Result<Outcome, tokio::task:
         // process() catches everything it can; a panic here is a bug, and the entry stays
         // pending, so another attempt follows after the visibility timeout.
         error!(error = %e, "a job task crashed");
+        count(Outcome::Retrying(ErrorCode::Internal));
         Outcome::Retrying(ErrorCode::Internal)
     });
     summary.add(outcome);
+}
+
+/// Counts a finished delivery as soon as it ends (not when the loop next looks).
+fn count(outcome: Outcome) {
     metrics::counter!(telemetry::JOBS_TOTAL, "status" => outcome.label()).increment(1);
     if let Outcome::Failed(code) = outcome {
         metrics::counter!(telemetry::JOB_FAILURES_TOTAL, "code" => code.as_str()).increment(1);
@@ -272,7 +277,7 @@ pub async fn process(
         Ok(job) => job,
         Err(err) => {
             let span = info_span!("job", entry_id = %delivery.entry_id, attempt = delivery.attempt);
-            return async {
+            let outcome = async {
                 // The row of a job we cannot read can still be found by its session id, if the
                 // payload has a well-formed one: the user then sees the failure.
                 let session = session_hint(&delivery.payload);
@@ -280,6 +285,8 @@ pub async fn process(
             }
             .instrument(span)
             .await;
+            count(outcome);
+            return outcome;
         }
     };
     let span = info_span!(
@@ -303,6 +310,7 @@ pub async fn process(
             "job ended"
         )
     });
+    count(outcome);
     outcome
 }
 

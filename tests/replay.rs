@@ -75,32 +75,12 @@ fn gemini(server: &MockServer) -> Arc<dyn Analyzer> {
     Arc::new(GeminiAnalyzer::new(config).unwrap())
 }
 
-/// A valid analysis whose quotes are all in the clear dialogue's transcript.
-fn analysis() -> serde_json::Value {
-    let skill = |score: u8, quote: &str| json!({"score": score, "comment": "根拠あり", "examples": [{"quote": quote}]});
-    json!({
-        "skills": {
-            "listening": skill(4, "What makes it hard to start?"),
-            "questioning": skill(5, "What would you like to focus on today?"),
-            "empathy": skill(3, "What might get in the way?"),
-            "feedback": skill(2, "When could you write that?")
-        },
-        "emotions": {
-            "coach": {"positive": 0.5, "neutral": 0.5, "negative": 0.0},
-            "client": {"positive": 0.3, "neutral": 0.4, "negative": 0.3}
-        },
-        "events": [{"time_s": 29.3, "kind": "commitment", "description": "a concrete plan for tomorrow"}],
-        "diagnosis": {"name": "Focused questioner", "icon": "🎯", "description": "open questions led to a plan"},
-        "prescriptions": [{"title": "Reflect feelings", "detail": "name the worry before moving on"}]
-    })
-}
-
 #[tokio::test]
 async fn the_pipeline_turns_a_recording_into_a_labelled_measured_analysed_result() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "candidates": [{"content": {"role": "model", "parts": [{"text": analysis().to_string()}]}, "finishReason": "STOP"}]
+            "candidates": [{"content": {"role": "model", "parts": [{"text": common::fakes::clear_dialogue_analysis().to_string()}]}, "finishReason": "STOP"}]
         })))
         .mount(&server)
         .await;

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use audio_worker::ErrorCode;
@@ -26,7 +25,9 @@ use audio_worker::supabase::{
     JobState, JobStatus, NewJob, SupabaseClient, SupabaseConfig, SupabaseProgress,
 };
 use audio_worker::transcribe::retry::RetryPolicy;
-use common::postgres::Postgres;
+use common::postgrest::{
+    Received, execute_like_postgrest, migrated, migrations, query, received, repo,
+};
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -62,14 +63,6 @@ fn client(server: &MockServer) -> SupabaseClient {
     .unwrap()
     .with_retry(quick_retry(4))
     .with_timeout(Duration::from_secs(5))
-}
-
-/// The query string as (name, value) pairs, decoded, in order.
-fn query(r: &Request) -> Vec<(String, String)> {
-    r.url
-        .query_pairs()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect()
 }
 
 /// Matches exactly this query, nothing more.
@@ -287,39 +280,6 @@ fn new_job(session: &str, user: &str) -> NewJob {
         audio_bucket: Some("recordings".into()),
         audio_key: Some(format!("sessions/{session}.webm")),
     }
-}
-
-/// One request the fake received, as PostgREST would see it.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    query: Vec<(String, String)>,
-    prefer: Option<String>,
-    body: Value,
-}
-
-async fn received(server: &MockServer) -> Vec<Received> {
-    server
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| Received {
-            method: r.method.to_string(),
-            path: r.url.path().to_string(),
-            query: query(r),
-            prefer: r
-                .headers
-                .get("prefer")
-                .map(|v| v.to_str().unwrap().to_string()),
-            body: if r.body.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&r.body).unwrap()
-            },
-        })
-        .collect()
 }
 
 /// What the daemon does for four sessions: one completes (progress through every stage, the
@@ -648,127 +608,6 @@ async fn an_unreachable_server_fails_after_the_attempts_without_the_key() {
 // ------------------------------------------------------------------------------------------
 // Real PostgreSQL
 // ------------------------------------------------------------------------------------------
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn migrations() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo("supabase/migrations"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty());
-    files
-}
-
-/// A fresh cluster with a database migrated as on Supabase (shim first).
-fn migrated() -> Postgres {
-    let pg = Postgres::start();
-    pg.create_database("app");
-    pg.apply_file("app", &repo("supabase/tests/supabase_shim.sql"))
-        .unwrap_or_else(|e| panic!("shim: {e}"));
-    for file in migrations() {
-        pg.apply_file("app", &file)
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    }
-    pg
-}
-
-fn column_list(body: &Value) -> String {
-    let obj = body.as_object().expect("a JSON object body");
-    obj.keys()
-        .map(|k| {
-            assert!(
-                k.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-                "odd column {k}"
-            );
-            format!("\"{k}\"")
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Executes one received request on the real tables the way PostgREST does: the body's keys are
-/// the columns, values come through `json_populate_recordset(null::table, body)`, an upsert is
-/// `ON CONFLICT (on_conflict) DO UPDATE` (merge-duplicates) or `DO NOTHING` (ignore-duplicates),
-/// a PATCH updates the rows of its `eq.` filter, a GET selects its `select` columns.
-fn execute_like_postgrest(pg: &Postgres, r: &Received) -> Result<String, String> {
-    let table = r.path.strip_prefix("/rest/v1/").expect("a table path");
-    let param = |name: &str| {
-        r.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let payload = match &r.body {
-        Value::Array(_) => r.body.to_string(),
-        body => Value::Array(vec![body.clone()]).to_string(),
-    };
-    match r.method.as_str() {
-        "POST" => {
-            let cols = column_list(&r.body);
-            let target = param("on_conflict").expect("on_conflict");
-            let prefer = r.prefer.clone().unwrap_or_default();
-            let on_conflict = if prefer.contains("resolution=merge-duplicates") {
-                let set = r
-                    .body
-                    .as_object()
-                    .unwrap()
-                    .keys()
-                    .map(|k| format!("\"{k}\" = excluded.\"{k}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!("on conflict ({target}) do update set {set}")
-            } else if prefer.contains("resolution=ignore-duplicates") {
-                format!("on conflict ({target}) do nothing")
-            } else {
-                String::new()
-            };
-            pg.psql(
-                "app",
-                &format!(
-                    "set role service_role;\n\
-                     insert into public.{table} ({cols}) select {cols} \
-                     from json_populate_recordset(null::public.{table}, :'body'::json) {on_conflict};"
-                ),
-                &[("body", &payload)],
-            )
-        }
-        "PATCH" => {
-            let cols = column_list(&r.body);
-            let filter = param("session_id").expect("a session_id filter");
-            let id = filter.strip_prefix("eq.").expect("an eq. filter");
-            pg.psql(
-                "app",
-                &format!(
-                    "set role service_role;\n\
-                     update public.{table} set ({cols}) = (select {cols} \
-                     from json_populate_recordset(null::public.{table}, :'body'::json) limit 1) \
-                     where session_id = :'id';"
-                ),
-                &[("body", &payload), ("id", id)],
-            )
-        }
-        "GET" => {
-            let select = param("select").expect("select");
-            let filter = param("session_id").expect("a session_id filter");
-            let id = filter.strip_prefix("eq.").expect("an eq. filter");
-            pg.psql(
-                "app",
-                &format!(
-                    "set role service_role;\n\
-                     select coalesce(json_agg(t), '[]') from \
-                     (select {select} from public.{table} where session_id = :'id') t;"
-                ),
-                &[("id", id)],
-            )
-        }
-        other => panic!("unexpected method {other}"),
-    }
-}
 
 #[tokio::test]
 async fn the_bodies_the_fake_received_are_accepted_by_the_real_schema() {

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests: the fixture catalogue and faithful audio comparison.
 #![allow(dead_code)]
 
+pub mod fakes;
 pub mod postgres;
+pub mod postgrest;
 pub mod s3;
 pub mod servers;
 

@@ -1,0 +1,555 @@
+//! The daemon end to end: the real `audio-worker run` binary against a real `redis-server`, an
+//! in-process S3 server (s3s-fs) holding fixture recordings, PostgREST served on a real migrated
+//! PostgreSQL, and local fakes of Whisper and Gemini. Jobs are enqueued with `audio-worker
+//! enqueue`, exactly as the Edge Function writes them.
+//!
+//! Proven here: good jobs go through every stage to exactly one result (also when enqueued twice),
+//! every kind of poison job fails with its own code in the job row and the dead-letter stream, a
+//! SIGKILLed worker's job is finished by another, SIGTERM hands an unfinished job back without
+//! spending an attempt, a worker exits by itself when idle, /health, /ready and /metrics answer,
+//! every log line is JSON with the job's ids, and no secret reaches the logs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use audio_worker::job::{self, Job};
+use audio_worker::queue::{Queue, QueueConfig, QueueDepth};
+use common::fakes::{self, GEMINI_MODEL, GOOGLE_KEY, OPENAI_KEY};
+use common::postgrest::PostgrestOnPostgres;
+use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use common::servers::{RedisServer, free_port};
+use serde_json::Value;
+use wiremock::MockServer;
+
+const BUCKET: &str = "recordings";
+const PREFIX: &str = "users/";
+const SERVICE_KEY: &str = "service-role-FAKE-SECRET";
+const SIGNING_SECRET: &str = "job-signing-FAKE-SECRET";
+const USER: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const GOOD_KEY: &str = "users/aaaaaaaa-0000-4000-8000-000000000001/clear.flac";
+const SECRETS: [&str; 5] = [
+    SERVICE_KEY,
+    SIGNING_SECRET,
+    OPENAI_KEY,
+    GOOGLE_KEY,
+    SECRET_KEY,
+];
+
+/// Every dependency of the daemon, started for one test.
+struct Stack {
+    redis: RedisServer,
+    s3: S3Server,
+    supabase: PostgrestOnPostgres,
+    whisper: MockServer,
+    gemini: MockServer,
+    dir: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start(whisper_delay: Duration) -> Stack {
+        let redis = RedisServer::start();
+        let s3 = S3Server::start(&[BUCKET]).await;
+        let clear = std::fs::read(common::fixture("dialogues/clear.flac")).unwrap();
+        s3.put(BUCKET, GOOD_KEY, &clear);
+        for bad in ["silence.wav", "text.m4a"] {
+            let bytes = std::fs::read(common::fixture(&format!("bad/{bad}"))).unwrap();
+            s3.put(BUCKET, &format!("users/{USER}/{bad}"), &bytes);
+        }
+        s3.put(BUCKET, "elsewhere/clear.flac", &clear);
+        let supabase = PostgrestOnPostgres::start(SERVICE_KEY).await;
+        let whisper = fakes::whisper(
+            &common::fixture("dialogues/clear.transcript.json"),
+            whisper_delay,
+        )
+        .await;
+        let gemini = fakes::gemini(&fakes::clear_dialogue_analysis()).await;
+        Stack {
+            redis,
+            s3,
+            supabase,
+            whisper,
+            gemini,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The environment a deployed worker gets, pointed at this stack.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("REDIS_URL", self.redis.url()),
+            ("SUPABASE_URL", self.supabase.url()),
+            ("SUPABASE_SERVICE_KEY", SERVICE_KEY.into()),
+            ("OPENAI_API_KEY", OPENAI_KEY.into()),
+            ("OPENAI_BASE_URL", fakes::openai_base(&self.whisper)),
+            ("WHISPER_MODEL", "whisper-1".into()),
+            ("GOOGLE_API_KEY", GOOGLE_KEY.into()),
+            ("GEMINI_BASE_URL", self.gemini.uri()),
+            ("GEMINI_MODEL", GEMINI_MODEL.into()),
+            ("AWS_ENDPOINT_URL_S3", format!("http://{}", self.s3.addr)),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("S3_FORCE_PATH_STYLE", "true".into()),
+            ("BUCKET_NAME", BUCKET.into()),
+            ("AUDIO_KEY_PREFIX", PREFIX.into()),
+            ("JOB_SIGNING_SECRET", SIGNING_SECRET.into()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Starts `audio-worker run` with the stack's environment plus `extra`.
+    fn worker(&self, name: &str, extra: &[(&str, &str)]) -> Worker {
+        let work_dir = self.dir.path().join(format!("{name}-work"));
+        let log = self.dir.path().join(format!("{name}.log"));
+        let err = self.dir.path().join(format!("{name}.err"));
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_audio-worker"));
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env())
+            .env("WORKER_NAME", name)
+            .env("WORK_DIR", &work_dir)
+            .env("PORT", port.to_string())
+            .env("METRICS_PORT", metrics_port.to_string())
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        Worker {
+            child: cmd.spawn().expect("start audio-worker run"),
+            log,
+            err,
+            work_dir,
+            port,
+            metrics_port,
+        }
+    }
+
+    /// `audio-worker enqueue`, as an operator or the Edge Function would.
+    fn enqueue(&self, session: &str, key: &str, bucket: &str) {
+        let out = Command::new(env!("CARGO_BIN_EXE_audio-worker"))
+            .args(["enqueue", "--session-id", session, "--user-id", USER])
+            .args(["--key", key, "--bucket", bucket, "--language", "en"])
+            .env_clear()
+            .envs(self.env())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "enqueue failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("enqueued job_id="));
+    }
+
+    async fn queue(&self) -> Queue {
+        Queue::connect(QueueConfig::new(self.redis.url(), "test-observer"))
+            .await
+            .unwrap()
+    }
+
+    /// Polls until `done` holds or `timeout` passes (then fails with `what`).
+    async fn wait_for(&self, what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_for_depth(&self, want: QueueDepth, timeout: Duration) {
+        let queue = self.queue().await;
+        let start = Instant::now();
+        loop {
+            let depth = queue.depth().await.unwrap();
+            if depth == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "queue depth {depth:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn stage(&self, session: &str) -> Option<String> {
+        self.supabase.job_row(session)["stage"]
+            .as_str()
+            .map(String::from)
+    }
+}
+
+/// A running `audio-worker run` process.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+    err: PathBuf,
+    work_dir: PathBuf,
+    port: u16,
+    metrics_port: u16,
+}
+
+impl Worker {
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal}");
+    }
+
+    /// Waits for the process to exit by itself; its exit code.
+    async fn exit_code(&mut self, timeout: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the worker did not exit within {timeout:?}; log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        )
+    }
+
+    async fn get(&self, port: u16, path: &str) -> (u16, String) {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let start = Instant::now();
+        loop {
+            match reqwest::get(&url).await {
+                Ok(r) => return (r.status().as_u16(), r.text().await.unwrap()),
+                Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("{url}: {e}\n{}", self.logs()),
+            }
+        }
+    }
+
+    /// Files left in the worker's temp directory.
+    fn leftovers(&self) -> Vec<PathBuf> {
+        walk(&self.work_dir)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            out.push(e.path());
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
+fn uuid(n: u32) -> String {
+    format!("{n:08x}-1111-4111-8111-111111111111")
+}
+
+fn depth(length: u64, pending: u64, dead: u64) -> QueueDepth {
+    QueueDepth {
+        length,
+        pending,
+        waiting: length - pending,
+        dead,
+    }
+}
+
+/// A metric's value in Prometheus' text format (`name{labels} value`), 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn good_jobs_complete_once_and_poison_jobs_fail_visibly_with_their_codes() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let good = uuid(1);
+    let (silent, not_audio, missing) = (uuid(2), uuid(3), uuid(4));
+    let (other_bucket, outside_prefix) = (uuid(5), uuid(6));
+    let (unsigned, badly_signed, invalid) = (uuid(7), uuid(8), uuid(9));
+
+    // The good recording, enqueued twice (a double click): one result.
+    stack.enqueue(&good, GOOD_KEY, BUCKET);
+    stack.enqueue(&good, GOOD_KEY, BUCKET);
+    stack.enqueue(&silent, &format!("users/{USER}/silence.wav"), BUCKET);
+    stack.enqueue(&not_audio, &format!("users/{USER}/text.m4a"), BUCKET);
+    stack.enqueue(&missing, &format!("users/{USER}/gone.webm"), BUCKET);
+    stack.enqueue(&other_bucket, GOOD_KEY, "someone-elses-bucket");
+    stack.enqueue(&outside_prefix, "elsewhere/clear.flac", BUCKET);
+    // Jobs that did not come from a holder of the secret.
+    let queue = stack.queue().await;
+    let forged = |session: &str, secret: Option<&[u8]>| {
+        let mut job = Job::new(session, USER, BUCKET, GOOD_KEY, "en", SystemTime::now());
+        if let Some(secret) = secret {
+            job::sign(&mut job, secret);
+        }
+        job.to_json()
+    };
+    queue.enqueue(&forged(&unsigned, None)).await.unwrap();
+    queue
+        .enqueue(&forged(&badly_signed, Some(b"not-the-secret")))
+        .await
+        .unwrap();
+    let garbage = format!(r#"{{"version":1,"session_id":"{invalid}","audio":"http://evil"}}"#);
+    queue.enqueue(garbage.as_bytes()).await.unwrap();
+    // The Edge Function writes its row before enqueueing; the forged jobs' rows exist too.
+    for session in [&unsigned, &badly_signed, &invalid] {
+        stack.supabase.sql(
+            "insert into audio_processing_jobs (session_id, user_id) values (:'s', :'u')",
+            &[("s", session), ("u", USER)],
+        );
+    }
+
+    let mut worker = stack.worker("w1", &[]);
+    let (status, body) = worker.get(worker.port, "/health").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = worker.get(worker.port, "/ready").await;
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<_> = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("redis", "healthy"),
+            ("s3", "healthy"),
+            ("supabase", "healthy")
+        ],
+        "{body}"
+    );
+
+    stack
+        .wait_for_depth(depth(0, 0, 8), Duration::from_secs(120))
+        .await;
+
+    // Exactly one result, completed, through every stage in order.
+    let row = stack.supabase.job_row(&good);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(row["progress"], 100);
+    assert_eq!(row["message"], "分析完了！");
+    assert_eq!(stack.supabase.result_count(&good), 1);
+    let analysis_status = stack.supabase.sql(
+        "select analysis_status || ' ' || jsonb_array_length(turns::jsonb) from audio_analysis_results where session_id = :'s'",
+        &[("s", &good)],
+    );
+    assert!(analysis_status.starts_with("ok "), "{analysis_status}");
+    let stages: Vec<String> = stack
+        .supabase
+        .progress_of(&good)
+        .await
+        .iter()
+        .map(|b| b["stage"].as_str().unwrap().to_string())
+        .collect();
+    let mut distinct = stages.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        [
+            "downloading",
+            "preprocessing",
+            "transcribing",
+            "diarization",
+            "analyzing",
+            "saving",
+            "completed"
+        ],
+        "{stages:?}"
+    );
+
+    // Every poison job: its own code in the row (where a row exists) and in the dead letters.
+    let expected = [
+        (&silent, "AUDIO_NO_SPEECH"),
+        (&not_audio, "AUDIO_UNSUPPORTED_FORMAT"),
+        (&missing, "STORAGE_NOT_FOUND"),
+        (&other_bucket, "STORAGE_FORBIDDEN_KEY"),
+        (&outside_prefix, "STORAGE_FORBIDDEN_KEY"),
+        (&unsigned, "QUEUE_BAD_SIGNATURE"),
+        (&badly_signed, "QUEUE_BAD_SIGNATURE"),
+        (&invalid, "QUEUE_INVALID_JOB"),
+    ];
+    let dead = queue.dead_letters(100).await.unwrap();
+    assert_eq!(dead.len(), expected.len());
+    for (session, code) in expected {
+        let row = stack.supabase.job_row(session);
+        assert_eq!(row["status"], "error", "{session}: {row}");
+        assert_eq!(row["error_code"], code, "{session}: {row}");
+        assert!(
+            row["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("エラーが発生しました: "),
+            "{row}"
+        );
+        assert_eq!(stack.supabase.result_count(session), 0);
+        let letter = dead
+            .iter()
+            .find(|(_, f)| f["job"].contains(session.as_str()))
+            .unwrap_or_else(|| panic!("no dead letter for {session}"));
+        assert_eq!(letter.1["error_code"], code);
+        assert_eq!(
+            letter.1["attempts"], "1",
+            "permanent errors are not retried"
+        );
+    }
+
+    // Metrics count what happened; the autoscaler's gauges are there.
+    let (_, text) = worker.get(worker.metrics_port, "/metrics").await;
+    assert_eq!(
+        metric(&text, r#"audio_worker_jobs_total{status="completed"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, r#"audio_worker_jobs_total{status="duplicate"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, r#"audio_worker_jobs_total{status="failed"}"#),
+        8.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"audio_worker_job_failures_total{code="STORAGE_FORBIDDEN_KEY"}"#
+        ),
+        2.0
+    );
+    assert!(text.contains("audio_worker_queue_waiting"), "{text}");
+    assert!(text.contains(r#"audio_worker_stage_duration_seconds_bucket{stage="transcribing""#));
+    assert!(metric(&text, "audio_worker_audio_seconds_total") >= 42.0);
+
+    // SIGTERM with nothing in flight: a clean exit.
+    worker.signal("TERM");
+    assert_eq!(worker.exit_code(Duration::from_secs(15)).await, 0);
+    assert!(worker.leftovers().is_empty(), "{:?}", worker.leftovers());
+
+    // Logs: JSON on every line, the job's ids on its lines, no secret anywhere.
+    let logs = std::fs::read_to_string(&worker.log).unwrap();
+    let mut job_lines = 0;
+    for line in logs.lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["message"] == "job claimed" || v["message"] == "job ended" {
+            assert!(v["span"]["job_id"].is_string(), "{line}");
+            assert_eq!(
+                v["span"]["session_id"].as_str().unwrap().len(),
+                36,
+                "{line}"
+            );
+            job_lines += 1;
+        }
+    }
+    assert!(job_lines >= 8, "{logs}");
+    let everything = worker.logs();
+    for secret in SECRETS {
+        assert!(!everything.contains(secret), "{secret} in the logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_workers_job_is_finished_by_another_and_shutdown_hands_jobs_back() {
+    // Whisper takes 3 s per request, so the workers are caught in the middle of jobs.
+    let stack = Stack::start(Duration::from_secs(3)).await;
+    let fast_reclaim = [("VISIBILITY_TIMEOUT_S", "3"), ("SHUTDOWN_GRACE_S", "1")];
+    let (first, second) = (uuid(21), uuid(22));
+
+    // Worker A dies (SIGKILL) mid-transcription.
+    stack.enqueue(&first, GOOD_KEY, BUCKET);
+    let a = stack.worker("a", &fast_reclaim);
+    stack
+        .wait_for("worker a to transcribe", Duration::from_secs(60), || {
+            stack.stage(&first).as_deref() == Some("transcribing")
+        })
+        .await;
+    a.signal("KILL");
+    drop(a);
+
+    // Worker B reclaims it after the visibility timeout and finishes it.
+    let mut b = stack.worker("b", &fast_reclaim);
+    stack
+        .wait_for(
+            "worker b to finish the job",
+            Duration::from_secs(90),
+            || stack.stage(&first).as_deref() == Some("completed"),
+        )
+        .await;
+    assert_eq!(stack.supabase.result_count(&first), 1);
+    assert_eq!(stack.supabase.job_row(&first)["attempts"], 2);
+    stack
+        .wait_for_depth(depth(0, 0, 0), Duration::from_secs(10))
+        .await;
+
+    // SIGTERM while B is mid-job, with a 1 s grace: B hands the job back and exits 0.
+    stack.enqueue(&second, GOOD_KEY, BUCKET);
+    stack
+        .wait_for("worker b to transcribe", Duration::from_secs(60), || {
+            stack.stage(&second).as_deref() == Some("transcribing")
+        })
+        .await;
+    let stopped = Instant::now();
+    b.signal("TERM");
+    assert_eq!(
+        b.exit_code(Duration::from_secs(15)).await,
+        0,
+        "{}",
+        b.logs()
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    assert_eq!(stack.stage(&second).as_deref(), Some("queued"));
+    stack
+        .wait_for_depth(depth(1, 0, 0), Duration::from_secs(5))
+        .await;
+    assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
+
+    // Worker C takes it at once (no visibility wait), finishes, and exits when idle.
+    let mut c = stack.worker("c", &[("EXIT_WHEN_IDLE", "1s")]);
+    assert_eq!(
+        c.exit_code(Duration::from_secs(90)).await,
+        0,
+        "{}",
+        c.logs()
+    );
+    let row = stack.supabase.job_row(&second);
+    assert_eq!(row["status"], "completed", "{row}");
+    assert_eq!(
+        row["attempts"], 1,
+        "an interruption is not a failed attempt"
+    );
+    assert_eq!(stack.supabase.result_count(&second), 1);
+    stack
+        .wait_for_depth(depth(0, 0, 0), Duration::from_secs(5))
+        .await;
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+    assert!(c.logs().contains("the queue stayed empty; exiting"));
+}
