@@ -21,3 +21,8 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked --all-targets
+
+# Deployment: hadolint + the invariants between Dockerfile, fly.toml, the autoscaler and the
+# code; then the very build the Dockerfile runs (no Docker engine needed).
+scripts/lint-deploy.sh
+scripts/build-release.sh
