@@ -6,6 +6,7 @@
 //! period, and exit 0.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub async fn run(config: Config) -> Result<()> {
         return Ok(());
     };
     let services = Arc::new(services(&config, queue).await?);
+    let own_dir = services.pipeline.work_root.clone();
 
     let probes = readiness_probes(&services);
     let (health_addr, health) = server::serve(
@@ -62,6 +64,9 @@ pub async fn run(config: Config) -> Result<()> {
     let (reason, summary) = worker::run(services, opts, stop_rx).await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(health, metrics_server);
+    if let Err(e) = std::fs::remove_dir_all(&own_dir) {
+        warn!(dir = %own_dir.display(), error = %e, "cannot remove the work directory");
+    }
     match reason {
         StopReason::Idle => info!(?summary, "the queue stayed empty; exiting"),
         StopReason::Shutdown => info!(?summary, "shut down"),
@@ -119,15 +124,10 @@ pub async fn services(config: &Config, queue: Queue) -> Result<Services> {
         Some(g) => Some(Arc::new(GeminiAnalyzer::new(g.clone())?)),
         None => None,
     };
-    std::fs::create_dir_all(&config.work_dir).map_err(|e| {
-        Error::io(
-            format!("WORK_DIR {} cannot be created", config.work_dir.display()),
-            e,
-        )
-    })?;
+    let work_root = own_work_dir(&config.work_dir)?;
     let mut pipeline = PipelineOptions {
         transcribe_concurrency: config.transcribe_concurrency,
-        work_root: config.work_dir.clone(),
+        work_root,
         ..PipelineOptions::default()
     };
     pipeline.prepare.decode.max_duration_s = config.max_duration_s;
@@ -146,6 +146,40 @@ pub async fn services(config: &Config, queue: Queue) -> Result<Services> {
             .map(|s| s.as_bytes().to_vec()),
         job_max_age: config.job_max_age,
     })
+}
+
+/// This process's directory for job files, `WORK_DIR/worker-<pid>`. Directories of processes
+/// that no longer run (killed mid-job: SIGKILL, OOM) are removed first, so a crash never leaves
+/// recordings on disk for longer than the next start, even when several workers share WORK_DIR.
+fn own_work_dir(work_dir: &Path) -> Result<PathBuf> {
+    let cannot = |e| Error::io(format!("WORK_DIR {} is not usable", work_dir.display()), e);
+    std::fs::create_dir_all(work_dir).map_err(cannot)?;
+    for entry in std::fs::read_dir(work_dir).map_err(cannot)?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("worker-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    info!(dir = %entry.path().display(), "removed the files of a worker that died")
+                }
+                Err(e) => {
+                    warn!(dir = %entry.path().display(), error = %e, "cannot remove a dead worker's files")
+                }
+            }
+        }
+    }
+    let own = work_dir.join(format!("worker-{}", std::process::id()));
+    std::fs::create_dir_all(&own).map_err(cannot)?;
+    // Recordings are personal data: only this user may enter.
+    std::fs::set_permissions(&own, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(cannot)?;
+    Ok(own)
 }
 
 /// A probe from a name and an async check.
@@ -236,6 +270,7 @@ pub async fn check(config: Config) -> Result<()> {
         ));
     }
     let readiness = server::check_all(&probes).await;
+    let _ = std::fs::remove_dir_all(&services.pipeline.work_root);
     println!("dependencies:");
     for c in &readiness.checks {
         println!(

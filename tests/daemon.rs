@@ -104,7 +104,10 @@ impl Stack {
 
     /// Starts `audio-worker run` with the stack's environment plus `extra`.
     fn worker(&self, name: &str, extra: &[(&str, &str)]) -> Worker {
-        let work_dir = self.dir.path().join(format!("{name}-work"));
+        let work_dir = match extra.iter().find(|(k, _)| *k == "WORK_DIR") {
+            Some((_, dir)) => PathBuf::from(dir),
+            None => self.dir.path().join(format!("{name}-work")),
+        };
         let log = self.dir.path().join(format!("{name}.log"));
         let err = self.dir.path().join(format!("{name}.err"));
         let (port, metrics_port) = (free_port(), free_port());
@@ -481,7 +484,14 @@ async fn good_jobs_complete_once_and_poison_jobs_fail_visibly_with_their_codes()
 async fn a_killed_workers_job_is_finished_by_another_and_shutdown_hands_jobs_back() {
     // Whisper takes 3 s per request, so the workers are caught in the middle of jobs.
     let stack = Stack::start(Duration::from_secs(3)).await;
-    let fast_reclaim = [("VISIBILITY_TIMEOUT_S", "3"), ("SHUTDOWN_GRACE_S", "1")];
+    // A and B share a work directory, as processes on one machine do.
+    let shared = stack.dir.path().join("shared-work");
+    let shared = shared.to_str().unwrap();
+    let fast_reclaim = [
+        ("VISIBILITY_TIMEOUT_S", "3"),
+        ("SHUTDOWN_GRACE_S", "1"),
+        ("WORK_DIR", shared),
+    ];
     let (first, second) = (uuid(21), uuid(22));
 
     // Worker A dies (SIGKILL) mid-transcription.
@@ -493,7 +503,12 @@ async fn a_killed_workers_job_is_finished_by_another_and_shutdown_hands_jobs_bac
         })
         .await;
     a.signal("KILL");
+    let a_files = a.leftovers();
     drop(a);
+    assert!(
+        !a_files.is_empty(),
+        "a killed worker leaves its job's files"
+    );
 
     // Worker B reclaims it after the visibility timeout and finishes it.
     let mut b = stack.worker("b", &fast_reclaim);
@@ -530,6 +545,7 @@ async fn a_killed_workers_job_is_finished_by_another_and_shutdown_hands_jobs_bac
     stack
         .wait_for_depth(depth(1, 0, 0), Duration::from_secs(5))
         .await;
+    // Including A's: B removed them when it started.
     assert!(b.leftovers().is_empty(), "{:?}", b.leftovers());
 
     // Worker C takes it at once (no visibility wait), finishes, and exits when idle.
@@ -552,4 +568,79 @@ async fn a_killed_workers_job_is_finished_by_another_and_shutdown_hands_jobs_bac
         .await;
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
     assert!(c.logs().contains("the queue stayed empty; exiting"));
+}
+
+/// Runs a one-shot command of the binary with the stack's environment plus `extra`.
+fn command(stack: &Stack, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_audio-worker"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(stack.env())
+        .env("WORK_DIR", stack.dir.path().join("check-work"))
+        .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_prints_the_redacted_configuration_and_probes_every_dependency() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let out = command(&stack, &["check"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for dependency in ["redis", "s3", "supabase", "whisper model", "gemini model"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(dependency))
+            .unwrap_or_else(|| panic!("no {dependency} line in\n{stdout}"));
+        assert!(line.contains("healthy"), "{line}");
+    }
+    assert!(stdout.contains("SUPABASE_SERVICE_KEY") && stdout.contains("<set>"));
+    for secret in SECRETS {
+        assert!(!stdout.contains(secret), "{secret} printed");
+    }
+
+    // A wrong service key: check names the failing dependency and fails.
+    let out = command(&stack, &["check"], &[("SUPABASE_SERVICE_KEY", "wrong-key")]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let supabase = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("supabase"))
+        .unwrap();
+    assert!(
+        supabase.contains("unhealthy") && supabase.contains("401"),
+        "{supabase}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error[CONFIG_MISSING]"));
+    assert!(walk(&stack.dir.path().join("check-work")).is_empty());
+}
+
+#[test]
+fn run_without_configuration_names_every_missing_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_audio-worker"))
+        .arg("run")
+        .env_clear()
+        .env("WORKER_CONCURRENCY", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error[CONFIG_MISSING]: "), "{stderr}");
+    for name in [
+        "REDIS_URL",
+        "SUPABASE_URL",
+        "SUPABASE_SERVICE_KEY",
+        "OPENAI_API_KEY",
+        "GOOGLE_API_KEY",
+        "BUCKET_NAME",
+        "WORKER_CONCURRENCY",
+    ] {
+        assert!(stderr.contains(name), "{name} not named: {stderr}");
+    }
 }

@@ -32,6 +32,15 @@ pub async fn whisper(transcript: &Path, delay: Duration) -> MockServer {
         )
         .mount(&server)
         .await;
+    // `audio-worker check` asks whether the model exists (GET /v1/models/{model}).
+    Mock::given(method("GET"))
+        .and(path("/v1/models/whisper-1"))
+        .and(header("authorization", format!("Bearer {OPENAI_KEY}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "whisper-1", "object": "model", "created": 1677532384, "owned_by": "openai-internal"
+        })))
+        .mount(&server)
+        .await;
     server
 }
 
@@ -83,6 +92,19 @@ pub async fn gemini(analysis: &Value) -> MockServer {
         )))
         .and(header("x-goog-api-key", GOOGLE_KEY))
         .respond_with(gemini_reply(&analysis.to_string()))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v1beta/models/{GEMINI_MODEL}")))
+        .and(header("x-goog-api-key", GOOGLE_KEY))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "name": format!("models/{GEMINI_MODEL}"),
+            "version": "001",
+            "displayName": "Gemini Test",
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "countTokens"]
+        })))
         .mount(&server)
         .await;
     server
