@@ -644,3 +644,54 @@ fn run_without_configuration_names_every_missing_variable() {
         assert!(stderr.contains(name), "{name} not named: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_bad_input_ends_with_its_code_after_one_attempt_and_the_worker_goes_on() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let mut sessions = Vec::new();
+    for (i, (file, code)) in common::BAD_INPUTS.iter().enumerate() {
+        let key = format!("users/{USER}/{}", file.replace('/', "-"));
+        stack
+            .s3
+            .put(BUCKET, &key, &std::fs::read(common::fixture(file)).unwrap());
+        let session = uuid(100 + i as u32);
+        stack.enqueue(&session, &key, BUCKET);
+        sessions.push((session, *file, *code));
+    }
+    // A good job behind them all: the worker is still working after every bad one.
+    let last = uuid(199);
+    stack.enqueue(&last, GOOD_KEY, BUCKET);
+
+    let mut worker = stack.worker("bad", &[("EXIT_WHEN_IDLE", "1s")]);
+    assert_eq!(
+        worker.exit_code(Duration::from_secs(120)).await,
+        0,
+        "{}",
+        worker.logs()
+    );
+    assert_eq!(stack.supabase.job_row(&last)["status"], "completed");
+    let dead = stack.queue().await.dead_letters(100).await.unwrap();
+    for (session, file, code) in &sessions {
+        let row = stack.supabase.job_row(session);
+        match code {
+            Some(code) => {
+                assert_eq!(row["status"], "error", "{file}: {row}");
+                assert_eq!(row["error_code"], *code, "{file}: {row}");
+                assert_eq!(row["attempts"], 1, "{file}: retried a permanent error");
+                let letter = dead
+                    .iter()
+                    .find(|(_, f)| f["job"].contains(session.as_str()))
+                    .unwrap_or_else(|| panic!("{file}: no dead letter"));
+                assert_eq!(letter.1["error_code"], *code, "{file}");
+            }
+            // Damaged but usable: decoded and stored. (The fakes' transcript belongs to another
+            // recording, so its analysis may be refused; the audio was not.)
+            None => {
+                assert_eq!(stack.supabase.result_count(session), 1, "{file}: {row}");
+                let code = row["error_code"].as_str().unwrap_or("");
+                assert!(!code.starts_with("AUDIO_"), "{file}: {row}");
+            }
+        }
+    }
+    assert!(worker.leftovers().is_empty(), "{:?}", worker.leftovers());
+}

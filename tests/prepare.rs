@@ -262,28 +262,11 @@ fn opus_decodes_the_same_on_one_thread_and_many() {
     assert_eq!(a, b);
 }
 
-/// What each bad input must produce: an error code, or (for damaged but usable files) success.
-const BAD_INPUTS: &[(&str, Option<&str>)] = &[
-    ("bad/empty.wav", Some("AUDIO_EMPTY")),
-    ("bad/random.mp3", Some("AUDIO_UNSUPPORTED_FORMAT")),
-    ("bad/text.m4a", Some("AUDIO_UNSUPPORTED_FORMAT")),
-    ("bad/truncated.m4a", Some("AUDIO_DECODE_FAILED")),
-    ("bad/video-only.mp4", Some("AUDIO_NO_AUDIO_TRACK")),
-    ("bad/silence.wav", Some("AUDIO_NO_SPEECH")),
-    ("bad/hiss.wav", Some("AUDIO_NO_SPEECH")),
-    ("bad/short.wav", Some("AUDIO_TOO_SHORT")),
-    ("bad/lying-short.wav", Some("AUDIO_TOO_SHORT")),
-    ("bad/mostly-corrupt.mp3", Some("AUDIO_DECODE_FAILED")),
-    ("bad/truncated.wav", None),
-    ("bad/truncated.webm", None),
-    ("bad/corrupt-middle.mp3", None),
-    ("bad/corrupt-middle.webm", None),
-];
 
 #[test]
 fn bad_inputs_fail_with_their_code_and_leave_nothing_behind() {
     let mut failures = Vec::new();
-    for (path, want) in BAD_INPUTS {
+    for (path, want) in common::BAD_INPUTS {
         let (dir, result) = prepare(&fixture(path), &PrepareOptions::default());
         let out = dir.path().join("out");
         match (result, want) {
@@ -325,7 +308,7 @@ fn bad_inputs_fail_with_their_code_and_leave_nothing_behind() {
 #[test]
 fn the_cli_reports_one_error_line_and_never_panics() {
     let bin = env!("CARGO_BIN_EXE_audio-worker");
-    for (path, want) in BAD_INPUTS.iter().filter(|(_, want)| want.is_some()) {
+    for (path, want) in common::BAD_INPUTS.iter().filter(|(_, want)| want.is_some()) {
         let dir = tempfile::tempdir().unwrap();
         let output = Command::new(bin)
             .args(["prepare"])

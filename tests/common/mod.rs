@@ -160,3 +160,21 @@ pub fn check_against(schema: &serde_json::Value, value: &serde_json::Value, at: 
         );
     }
 }
+
+/// What each bad input must produce: an error code, or (for damaged but usable files) success.
+pub const BAD_INPUTS: &[(&str, Option<&str>)] = &[
+    ("bad/empty.wav", Some("AUDIO_EMPTY")),
+    ("bad/random.mp3", Some("AUDIO_UNSUPPORTED_FORMAT")),
+    ("bad/text.m4a", Some("AUDIO_UNSUPPORTED_FORMAT")),
+    ("bad/truncated.m4a", Some("AUDIO_DECODE_FAILED")),
+    ("bad/video-only.mp4", Some("AUDIO_NO_AUDIO_TRACK")),
+    ("bad/silence.wav", Some("AUDIO_NO_SPEECH")),
+    ("bad/hiss.wav", Some("AUDIO_NO_SPEECH")),
+    ("bad/short.wav", Some("AUDIO_TOO_SHORT")),
+    ("bad/lying-short.wav", Some("AUDIO_TOO_SHORT")),
+    ("bad/mostly-corrupt.mp3", Some("AUDIO_DECODE_FAILED")),
+    ("bad/truncated.wav", None),
+    ("bad/truncated.webm", None),
+    ("bad/corrupt-middle.mp3", None),
+    ("bad/corrupt-middle.webm", None),
+];
