@@ -26,3 +26,7 @@ cargo test --locked --all-targets
 # code; then the very build the Dockerfile runs (no Docker engine needed).
 scripts/lint-deploy.sh
 scripts/build-release.sh
+
+# The Supabase Edge Function (Deno, from the npm registry) against a real redis-server; the jobs
+# it enqueues must pass `audio-worker validate-job`.
+AUDIO_WORKER_BIN="$PWD/target/debug/audio-worker" scripts/test-edge-function.sh

@@ -38,6 +38,9 @@ pub enum ErrorCode {
     SupabaseWriteFailed,
     QueueInvalidJob,
     QueueBadSignature,
+    /// The queue could not be reached to enqueue the job (written by the Edge Function when its
+    /// XADD fails, so the browser does not wait for a job that was never queued).
+    QueueUnavailable,
     /// Configuration needed for this run is missing or invalid (the message names it).
     ConfigMissing,
     /// A bug or an environment failure (disk full, temp dir not writable).
@@ -46,7 +49,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::AudioUnsupportedFormat,
         ErrorCode::AudioDecodeFailed,
         ErrorCode::AudioNoAudioTrack,
@@ -66,6 +69,7 @@ impl ErrorCode {
         ErrorCode::SupabaseWriteFailed,
         ErrorCode::QueueInvalidJob,
         ErrorCode::QueueBadSignature,
+        ErrorCode::QueueUnavailable,
         ErrorCode::ConfigMissing,
         ErrorCode::Internal,
     ];
@@ -92,6 +96,7 @@ impl ErrorCode {
             ErrorCode::SupabaseWriteFailed => "SUPABASE_WRITE_FAILED",
             ErrorCode::QueueInvalidJob => "QUEUE_INVALID_JOB",
             ErrorCode::QueueBadSignature => "QUEUE_BAD_SIGNATURE",
+            ErrorCode::QueueUnavailable => "QUEUE_UNAVAILABLE",
             ErrorCode::ConfigMissing => "CONFIG_MISSING",
             ErrorCode::Internal => "INTERNAL",
         }
@@ -106,6 +111,7 @@ impl ErrorCode {
                 | ErrorCode::WhisperFailed
                 | ErrorCode::GeminiFailed
                 | ErrorCode::SupabaseWriteFailed
+                | ErrorCode::QueueUnavailable
                 | ErrorCode::Internal
         )
     }
@@ -167,11 +173,15 @@ mod tests {
     #[test]
     fn bad_input_is_permanent() {
         for code in ErrorCode::ALL {
-            if code.as_str().starts_with("AUDIO_") || code.as_str().starts_with("QUEUE_") {
+            let bad_input = code.as_str().starts_with("AUDIO_")
+                || code == ErrorCode::QueueInvalidJob
+                || code == ErrorCode::QueueBadSignature;
+            if bad_input {
                 assert!(!code.is_retryable(), "{code} must not be retried");
             }
         }
         assert!(ErrorCode::WhisperRateLimited.is_retryable());
+        assert!(ErrorCode::QueueUnavailable.is_retryable());
     }
 
     #[test]

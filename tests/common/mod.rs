@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fakes;
+pub mod faulty;
 pub mod postgres;
 pub mod postgrest;
 pub mod s3;

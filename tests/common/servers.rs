@@ -120,6 +120,9 @@ impl Drop for ServerProcess {
 pub struct RedisOptions {
     /// Append-only file on (data survives a kill and restart); off means purely in memory.
     pub appendonly: bool,
+    /// With `appendonly`: fsync every write (`appendfsync always`), so a SIGKILL loses nothing
+    /// acknowledged; otherwise Redis' default, up to a second of writes.
+    pub fsync_always: bool,
 }
 
 /// A private `redis-server` on 127.0.0.1, killed on drop. Its data directory is a temp dir that
@@ -181,6 +184,14 @@ impl RedisServer {
             .args([
                 "--appendonly",
                 if self.opts.appendonly { "yes" } else { "no" },
+            ])
+            .args([
+                "--appendfsync",
+                if self.opts.fsync_always {
+                    "always"
+                } else {
+                    "everysec"
+                },
             ])
             .arg("--dir")
             .arg(self.dir.path());
