@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the fixture catalogue and faithful audio comparison.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod fakes;
 pub mod faulty;
 pub mod postgres;
