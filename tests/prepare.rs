@@ -262,7 +262,6 @@ fn opus_decodes_the_same_on_one_thread_and_many() {
     assert_eq!(a, b);
 }
 
-
 #[test]
 fn bad_inputs_fail_with_their_code_and_leave_nothing_behind() {
     let mut failures = Vec::new();

@@ -294,7 +294,10 @@ async fn competing_consumers_each_get_every_job_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarts_and_the_unacked_entry_survives() {
-    let mut redis = RedisServer::start_with(RedisOptions { appendonly: true });
+    let mut redis = RedisServer::start_with(RedisOptions {
+        appendonly: true,
+        ..RedisOptions::default()
+    });
     let q = queue(&redis, "worker-a").await;
     let first = q.enqueue(&job_json("session-6")).await.unwrap();
     let second = q.enqueue(&job_json("session-7")).await.unwrap();
