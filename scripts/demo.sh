@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The main job on a committed recording, no cloud account needed: replays
+# fixtures/dialogues/clear.flac (a scripted coaching dialogue) through the whole pipeline —
+# decode, speech map, chunks, transcript (the Whisper reply committed beside it), diarisation,
+# metrics, and the Gemini analysis when GOOGLE_API_KEY is set — and writes demo/result.json and
+# demo/report.html.
+#
+#   scripts/demo.sh [RECORDING] [--language xx]     (default: the committed dialogue, en)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v cmake >/dev/null || need_apt+=(cmake)
+command -v cc >/dev/null || need_apt+=(build-essential)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+input=${1:-fixtures/dialogues/clear.flac}
+shift || true
+language=en
+[ "${1:-}" = "--language" ] && language=$2
+
+cargo build --release --locked --bin audio-worker
+mkdir -p demo
+target/release/audio-worker replay "$input" --language "$language" \
+  --out demo/result.json --report demo/report.html
+echo
+echo "open demo/report.html in a browser; the result JSON is demo/result.json"
