@@ -437,6 +437,7 @@ impl SupabaseClient {
                     format!("Supabase failed {what} after {attempt} attempts: {failure}"),
                 ));
             }
+            crate::telemetry::count_retry("supabase");
             tokio::time::sleep(self.retry.backoff(attempt, retry_after)).await;
         }
     }

@@ -562,7 +562,7 @@ async fn run_once(
     // same cores), every 50 ms once the last remote call (Gemini, or the last Whisper reply with
     // the analysis off) has been answered.
     let mut last_poll = Instant::now();
-    let row = loop {
+    loop {
         let near_end = if settings.analysis {
             !stack.gemini_calls.lock().unwrap().is_empty()
         } else {
@@ -578,7 +578,7 @@ async fn run_once(
             last_poll = Instant::now();
             let row = stack.supabase.job_row(&session);
             match row["status"].as_str() {
-                Some("completed") => break row,
+                Some("completed") => break,
                 Some("error") => panic!("the job failed: {row}\n{}", run.logs()),
                 _ => {}
             }
@@ -596,7 +596,7 @@ async fn run_once(
             run.logs()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    }
     let polled_done = t0.elapsed();
 
     // EXIT_WHEN_IDLE=1s: the worker leaves by itself; /usr/bin/time then writes its report.

@@ -130,6 +130,8 @@ async fn no_job_is_lost_or_doubled_under_kills_crashes_and_faults() {
         // Kills cost attempts; give the good jobs room (production keeps 3).
         ("JOB_MAX_ATTEMPTS", "10"),
         ("RUST_LOG", "warn"),
+        // Two jobs per process: concurrency inside a worker is exercised too.
+        ("WORKER_CONCURRENCY", "2"),
     ];
     let mut fleet: Vec<Worker> = (0..workers)
         .map(|i| stack.worker(&format!("w{i}-0"), &env))
@@ -189,6 +191,16 @@ async fn no_job_is_lost_or_doubled_under_kills_crashes_and_faults() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let elapsed = started.elapsed();
+
+    // Retries the surviving workers counted (the killed ones took their counters with them).
+    let mut retries: HashMap<&str, f64> = HashMap::new();
+    for w in &fleet {
+        let (_, text) = w.get(w.metrics_port, "/metrics").await;
+        for dependency in ["whisper", "gemini", "supabase", "redis"] {
+            let series = format!(r#"audio_worker_retries_total{{dependency="{dependency}"}}"#);
+            *retries.entry(dependency).or_default() += metric(&text, &series);
+        }
+    }
 
     // Every worker drains and exits cleanly.
     for w in &fleet {
@@ -278,6 +290,7 @@ async fn no_job_is_lost_or_doubled_under_kills_crashes_and_faults() {
     println!("  postgrest     {}", postgrest.counts.line());
     let mut attempts: Vec<_> = attempts.into_iter().collect();
     attempts.sort();
+    println!("  retries       {retries:?} (counted by the surviving workers)");
     println!("  attempts      {attempts:?} (attempt number: jobs)");
     println!(
         "  job time      p50 {:.1} s, p95 {:.1} s (first claim to completion)",
@@ -287,4 +300,8 @@ async fn no_job_is_lost_or_doubled_under_kills_crashes_and_faults() {
     println!("  peak RSS      {peak_rss:.0} MB per worker (bound {RSS_BOUND_MB} MB)");
     assert!(kills > 0 && redis_restarted);
     assert!(whisper.counts.injected() > 0 && postgrest.counts.injected() > 0);
+    assert!(
+        retries["supabase"] > 0.0,
+        "injected faults must show as retries: {retries:?}"
+    );
 }

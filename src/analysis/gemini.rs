@@ -220,6 +220,7 @@ impl GeminiAnalyzer {
                             Some(w) => w.min(self.config.max_retry_after),
                             None => self.backoff(attempt),
                         };
+                        crate::telemetry::count_retry("gemini");
                         tokio::time::sleep(wait).await;
                     }
                 }

@@ -91,6 +91,10 @@ impl Default for DecodeLimits {
     }
 }
 
+/// Sample rates we accept: real recordings lie between telephone (8 kHz) and studio (384 kHz).
+const MIN_SAMPLE_RATE: u32 = 1_000;
+const MAX_SAMPLE_RATE: u32 = 768_000;
+
 /// A sink for 16 kHz mono samples, in order.
 pub type Sink<'a> = dyn FnMut(&[f32]) -> Result<()> + 'a;
 
@@ -101,6 +105,28 @@ const BLOCKS_IN_FLIGHT: usize = 8;
 
 /// Decodes `path` to 16 kHz mono, handing samples to `sink` as they are ready.
 pub fn decode_file(
+    path: &Path,
+    limits: &DecodeLimits,
+    sink: &mut Sink<'_>,
+) -> Result<DecodeReport> {
+    // The decoder threads catch their own panics (`join`), but probing the container, reading
+    // its headers and building the decoder run on this thread, inside the same dependencies and
+    // on the same hostile bytes: a panic there is this file's fault too, not a retryable crash.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_file_unguarded(path, limits, sink)
+    }))
+    .unwrap_or_else(|panic| Err(crashed(panic.as_ref())))
+}
+
+fn crashed(panic: &(dyn std::any::Any + Send)) -> Error {
+    let what = panic_message(panic);
+    Error::new(
+        ErrorCode::AudioDecodeFailed,
+        format!("the decoder crashed on this file ({what})"),
+    )
+}
+
+fn decode_file_unguarded(
     path: &Path,
     limits: &DecodeLimits,
     sink: &mut Sink<'_>,
@@ -159,6 +185,14 @@ pub fn decode_file(
             "the audio track declares no sample rate",
         )
     })?;
+    // A damaged header can declare any rate; resampling from 4 GHz builds an FFT of millions of
+    // points per block and never finishes (found by fuzzing: fixtures/fuzz/wav-rate-4ghz-nan.wav).
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&sample_rate) {
+        return Err(Error::new(
+            ErrorCode::AudioDecodeFailed,
+            format!("the audio track declares an impossible sample rate of {sample_rate} Hz"),
+        ));
+    }
 
     if let Some(declared) = declared_frames(format.as_ref(), &track, sample_rate) {
         let seconds = declared as f64 / f64::from(sample_rate);
@@ -567,13 +601,7 @@ fn codec_name(short_name: &str) -> String {
 
 /// Joins a worker thread, turning a panic inside a decoder into a decode failure.
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<Result<T>> {
-    handle.join().map_err(|panic| {
-        let what = panic_message(panic.as_ref());
-        Error::new(
-            ErrorCode::AudioDecodeFailed,
-            format!("the decoder crashed on this file ({what})"),
-        )
-    })
+    handle.join().map_err(|panic| crashed(panic.as_ref()))
 }
 
 /// Decodes an Opus track in parallel segments; see [`super::opus`].
@@ -758,6 +786,31 @@ mod tests {
         let mut t = Trimmer::new(0, Some(2), 3);
         let out = collect(&mut t, &[&[1., 2., 3., 4., 5., 6.], &[7.]]);
         assert_eq!(out, vec![1., 2., 3., 4., 5., 6., 7.]);
+    }
+
+    #[test]
+    fn a_panicking_decoder_thread_is_a_decode_failure() {
+        // Both decoding paths join their worker thread (the symphonia decoder, the Opus demuxer)
+        // through `join`; a panic inside a dependency there must not take the worker down.
+        let joined = std::thread::scope(|scope| {
+            join(scope.spawn(|| -> Result<()> { panic!("index out of bounds in a decoder") }))
+        });
+        let err = joined.expect_err("a panic is an error");
+        assert_eq!(err.code, ErrorCode::AudioDecodeFailed);
+        assert!(err.message.contains("index out of bounds"), "{err}");
+    }
+
+    #[test]
+    fn a_panic_on_the_calling_thread_is_a_decode_failure() {
+        // Probing and header parsing run on the calling thread; a panicking sink stands in for a
+        // dependency that panics there.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio/speech.flac");
+        let err = decode_file(&path, &DecodeLimits::default(), &mut |_| {
+            panic!("a dependency panicked")
+        })
+        .expect_err("a panic is an error");
+        assert_eq!(err.code, ErrorCode::AudioDecodeFailed);
+        assert!(err.message.contains("a dependency panicked"), "{err}");
     }
 
     #[test]

@@ -34,6 +34,25 @@ fn gcd(a: usize, b: usize) -> usize {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// Largest sample magnitude we pass on (+24 dBFS); no real recording comes near it.
+const MAX_SAMPLE: f32 = 16.0;
+
+fn is_sane(x: f32) -> bool {
+    x.abs() <= MAX_SAMPLE
+}
+
+/// Float PCM (WAV/AIFF f32/f64) can hold NaN, infinities or absurd values, and a downmix of huge
+/// ones overflows to infinity. rubato's FFT then panics on NaN ("Imaginary part of first value
+/// was non-zero", found by fuzzing: fixtures/fuzz/wav-f32-nan.wav), and downstream the level meter
+/// would average NaN. So NaN becomes silence, and infinities and huge values are clipped.
+fn sanitise(x: f32) -> f32 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-MAX_SAMPLE, MAX_SAMPLE)
+    }
+}
+
 pub struct MonoResampler {
     /// `None` when the input is already at 16 kHz.
     fft: Option<Fft<f32>>,
@@ -104,9 +123,13 @@ impl MonoResampler {
         self.input_total += input.len() as u64;
         if self.fft.is_none() {
             self.output_total += input.len() as u64;
-            return emit(input);
+            if input.iter().all(|x| is_sane(*x)) {
+                return emit(input);
+            }
+            let clean: Vec<f32> = input.iter().map(|x| sanitise(*x)).collect();
+            return emit(&clean);
         }
-        self.pending.extend_from_slice(input);
+        self.pending.extend(input.iter().map(|x| sanitise(*x)));
         let mut consumed = 0;
         while self.pending.len() - consumed >= self.next_input_len() {
             consumed += self.process(consumed, None, emit)?;

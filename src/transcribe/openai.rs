@@ -297,6 +297,7 @@ impl Transcriber for OpenAiTranscriber {
                         ),
                     ));
                 }
+                crate::telemetry::count_retry("whisper");
                 tokio::time::sleep(policy.backoff(attempt, retry_after)).await;
                 attempt += 1;
             }
