@@ -62,6 +62,10 @@ pub const MAX_KEY_BYTES: usize = 1024;
 
 /// The patterns as published in `schemas/job.schema.json` (ECMA-262 regex syntax).
 pub const ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,128}$";
+/// `session_id` and `user_id` are Supabase row ids (uuid columns): a job naming anything else
+/// could never be written, so it is refused as invalid instead of failing at its first write.
+pub const UUID_PATTERN: &str =
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 pub const BUCKET_PATTERN: &str = "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
 pub const LANGUAGE_PATTERN: &str = "^[a-z]{2}(-[A-Z]{2})?$";
 pub const ENQUEUED_AT_PATTERN: &str = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$";
@@ -212,8 +216,8 @@ impl Job {
             ));
         }
         check_id("job_id", &self.job_id)?;
-        check_id("session_id", &self.session_id)?;
-        check_id("user_id", &self.user_id)?;
+        check_uuid("session_id", &self.session_id)?;
+        check_uuid("user_id", &self.user_id)?;
         check_bucket(&self.audio.bucket)?;
         check_key(&self.audio.key)?;
         check_language(&self.language)?;
@@ -298,6 +302,21 @@ fn check_id(field: &str, value: &str) -> Result<()> {
         return Err(invalid(
             field,
             "only letters, digits, '_' and '-' are allowed",
+        ));
+    }
+    Ok(())
+}
+
+fn check_uuid(field: &str, value: &str) -> Result<()> {
+    let groups: Vec<&str> = value.split('-').collect();
+    let shape_ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !shape_ok {
+        return Err(invalid(
+            field,
+            "must be a UUID (8-4-4-4-12 hexadecimal digits), the Supabase row id",
         ));
     }
     Ok(())
@@ -579,7 +598,7 @@ mod tests {
             "version": 1,
             "job_id": "0b4e7c2a-5f0e-4c1d-9a57-2f7d2c6b1e11",
             "session_id": "3f1c9d2e-8b7a-4c6d-9e0f-1a2b3c4d5e6f",
-            "user_id": "user_42",
+            "user_id": "5a6b7c8d-1e2f-4a3b-8c4d-5e6f7a8b9c0d",
             "audio": {"bucket": "recordings", "key": "user_42/3f1c/recording.webm"},
             "language": "ja",
             "enqueued_at": "2026-11-23T09:59:30.123Z"
@@ -676,8 +695,28 @@ mod tests {
             rejects(with(&[field], json!("a b")), field);
             rejects(with(&[field], json!("a\nb")), field);
             rejects(with(&[field], json!("ä")), field);
-            parse(&with(&[field], json!("a".repeat(128)))).unwrap();
-            parse(&with(&[field], json!("Ab_9-"))).unwrap();
+        }
+        parse(&with(&["job_id"], json!("a".repeat(128)))).unwrap();
+        parse(&with(&["job_id"], json!("Ab_9-"))).unwrap();
+        for field in ["session_id", "user_id"] {
+            rejects(with(&[field], json!("Ab_9-")), field);
+            rejects(
+                with(&[field], json!("3f1c9d2e-8b7a-4c6d-9e0f-1a2b3c4d5e6")),
+                field,
+            );
+            rejects(
+                with(&[field], json!("3f1c9d2e8b7a4c6d9e0f1a2b3c4d5e6f")),
+                field,
+            );
+            rejects(
+                with(&[field], json!("3f1c9d2e-8b7a-4c6d-9e0f-1a2b3c4d5e6g")),
+                field,
+            );
+            parse(&with(
+                &[field],
+                json!("3F1C9D2E-8B7A-4C6D-9E0F-1A2B3C4D5E6F"),
+            ))
+            .unwrap();
         }
     }
 
@@ -795,8 +834,9 @@ mod tests {
 
     #[test]
     fn new_jobs_are_valid_and_unique() {
-        let a = Job::new("s1", "u1", "recordings", "u1/s1/a.webm", "ja", now());
-        let b = Job::new("s1", "u1", "recordings", "u1/s1/a.webm", "ja", now());
+        let (s1, u1) = (new_job_id(), new_job_id());
+        let a = Job::new(&s1, &u1, "recordings", "u1/s1/a.webm", "ja", now());
+        let b = Job::new(&s1, &u1, "recordings", "u1/s1/a.webm", "ja", now());
         a.validate().unwrap();
         assert_ne!(a.job_id, b.job_id);
         assert_eq!(a.job_id.len(), 36);
@@ -820,7 +860,8 @@ mod tests {
         assert_eq!(
             back.canonical_string(),
             "1\n0b4e7c2a-5f0e-4c1d-9a57-2f7d2c6b1e11\n3f1c9d2e-8b7a-4c6d-9e0f-1a2b3c4d5e6f\n\
-             user_42\nrecordings\nuser_42/3f1c/recording.webm\nja\n2026-11-23T09:59:30.123Z"
+             5a6b7c8d-1e2f-4a3b-8c4d-5e6f7a8b9c0d\nrecordings\nuser_42/3f1c/recording.webm\nja\n\
+             2026-11-23T09:59:30.123Z"
         );
         let expected = {
             let mut mac = HmacSha256::new_from_slice(SECRET).unwrap();
@@ -828,6 +869,11 @@ mod tests {
             hex::encode(mac.finalize().into_bytes())
         };
         assert_eq!(back.signature.as_deref(), Some(expected.as_str()));
+        // Computed with Python's hmac module; the Edge Function's test checks the same value.
+        assert_eq!(
+            expected,
+            "b9a9cb80bff7fab71bf0dd1d72035d0c948f9195cfd53e02316da5e1b3ba07c7"
+        );
     }
 
     #[track_caller]
@@ -946,8 +992,9 @@ mod tests {
             DEFAULT_LANGUAGE
         );
         assert_eq!(schema["properties"]["version"]["const"], JOB_VERSION);
-        for id in ["job_id", "session_id", "user_id"] {
-            assert_eq!(schema["properties"][id]["pattern"], ID_PATTERN, "{id}");
+        assert_eq!(schema["properties"]["job_id"]["pattern"], ID_PATTERN);
+        for id in ["session_id", "user_id"] {
+            assert_eq!(schema["properties"][id]["pattern"], UUID_PATTERN, "{id}");
         }
         let audio = &schema["properties"]["audio"]["properties"];
         assert_eq!(audio["bucket"]["pattern"], BUCKET_PATTERN);

@@ -77,7 +77,10 @@ async fn enqueue_next_ack_leaves_nothing_pending() {
     assert_eq!(d.payload, json);
     assert_eq!(d.attempt, 1);
     assert!(!q.exhausted(&d));
-    assert_eq!(Job::parse(&d.payload).unwrap().session_id, "session-1");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&d.payload).unwrap()["session_id"],
+        "session-1"
+    );
     assert_eq!(q.depth().await.unwrap(), depth(1, 1, 0));
 
     q.ack(&d.entry_id).await.unwrap();

@@ -18,6 +18,9 @@ export const QUEUED_MESSAGE = "処理待ちです...";
 
 /** Patterns of schemas/job.schema.json. */
 export const ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+/** session_id and user_id: Supabase row ids (the worker refuses anything else). */
+export const UUID_PATTERN =
+  /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 export const LANGUAGE_PATTERN = /^[a-z]{2}(-[A-Z]{2})?$/;
 export const BUCKET_PATTERN = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/; // table/column names we put into PostgREST URLs
@@ -290,8 +293,8 @@ async function readBody(req: Request): Promise<Body> {
   );
   if (unknown !== undefined) throw bad(`unknown field ${JSON.stringify(unknown)}`);
   const { session_id, audio_key, language, force } = obj;
-  if (typeof session_id !== "string" || !ID_PATTERN.test(session_id)) {
-    throw bad("session_id must be 1-128 of A-Z a-z 0-9 _ -");
+  if (typeof session_id !== "string" || !UUID_PATTERN.test(session_id)) {
+    throw bad("session_id must be a UUID");
   }
   if (typeof audio_key !== "string") throw bad("audio_key must be a string");
   const problem = keyProblem(audio_key);
@@ -396,7 +399,7 @@ async function authenticate(req: Request, env: Env, cfg: Config): Promise<string
     throw new HttpError(401, "UNAUTHORIZED", "the token is invalid or expired");
   }
   const id = (r.body as { id?: unknown } | null)?.id;
-  if (r.status !== 200 || typeof id !== "string" || !ID_PATTERN.test(id)) {
+  if (r.status !== 200 || typeof id !== "string" || !UUID_PATTERN.test(id)) {
     // Not the body: a user object holds personal data (email, phone).
     throw unexpected(env, "auth", { status: r.status, body: "(no usable user id)" });
   }

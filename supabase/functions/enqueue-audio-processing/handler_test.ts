@@ -561,9 +561,9 @@ Deno.test("403 for another user's session or a key outside the user's folder", a
   });
 });
 
-Deno.test("404 for an unknown session, also one a uuid column cannot hold", async () => {
+Deno.test("404 for an unknown session", async () => {
   await withWorld(async ({ supabase, env }) => {
-    for (const session_id of [SESSION_NONE, "not-a-uuid_42"]) {
+    for (const session_id of [SESSION_NONE]) {
       const key = `${PREFIX}${USER_A}/x/a.webm`;
       await expectError(await post(env, { session_id, audio_key: key }), 404, "NOT_FOUND");
     }
@@ -586,6 +586,7 @@ Deno.test("400 for bodies the job schema would refuse", async () => {
       { audio_key: KEY_A },
       { session_id: SESSION_A },
       { ...good, session_id: "has space" },
+      { ...good, session_id: "not-a-uuid_42" },
       { ...good, session_id: "x".repeat(129) },
       { ...good, session_id: 42 },
       { ...good, audio_key: 7 },
@@ -969,19 +970,20 @@ Deno.test("the signature matches a vector computed outside this code", async () 
     version: 1,
     job_id: "0b4e7c2a-5f0e-4c1d-9a57-2f7d2c6b1e11",
     session_id: "3f1c9d2e-8b7a-4c6d-9e0f-1a2b3c4d5e6f",
-    user_id: "user_42",
+    user_id: "5a6b7c8d-1e2f-4a3b-8c4d-5e6f7a8b9c0d",
     audio: { bucket: "recordings", key: "user_42/3f1c/recording.webm" },
     language: "ja",
     enqueued_at: "2026-11-23T09:59:30.123Z",
   };
   assert.equal(
     canonicalString(job),
-    "1\n0b4e7c2a-5f0e-4c1d-9a57-2f7d2c6b1e11\n3f1c9d2e-8b7a-4c6d-9e0f-1a2b3c4d5e6f\nuser_42\n" +
-      "recordings\nuser_42/3f1c/recording.webm\nja\n2026-11-23T09:59:30.123Z",
+    "1\n0b4e7c2a-5f0e-4c1d-9a57-2f7d2c6b1e11\n3f1c9d2e-8b7a-4c6d-9e0f-1a2b3c4d5e6f\n" +
+      "5a6b7c8d-1e2f-4a3b-8c4d-5e6f7a8b9c0d\nrecordings\nuser_42/3f1c/recording.webm\nja\n" +
+      "2026-11-23T09:59:30.123Z",
   );
   assert.equal(
     await signJob(job, "test-secret"),
-    "7c2567866b45ccae06a9924fd168d08fe6e61f01554c0a13c71b6247ab707df6",
+    "b9a9cb80bff7fab71bf0dd1d72035d0c948f9195cfd53e02316da5e1b3ba07c7",
   );
 });
 
