@@ -104,6 +104,15 @@ enum Command {
         #[arg(long, default_value = "ja")]
         language: String,
     },
+    /// Put dead-lettered jobs back on the queue (after fixing what failed them).
+    Redrive {
+        /// Entry ids in `audio:jobs:dead` (see `redis-cli XRANGE audio:jobs:dead - +`).
+        #[arg(required_unless_present = "all")]
+        entry_ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "entry_ids")]
+        all: bool,
+    },
     /// Check a job's JSON (a file, or - for stdin) as the worker would: schema and signature.
     ValidateJob {
         #[arg(default_value = "-")]
@@ -172,6 +181,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             bucket,
             language,
         } => runtime()?.block_on(enqueue(session_id, user_id, key, bucket, language)),
+        Command::Redrive { entry_ids, all } => runtime()?.block_on(redrive(entry_ids, all)),
         Command::ValidateJob { input } => {
             let bytes = if input.as_os_str() == "-" {
                 let mut buf = Vec::new();
@@ -307,4 +317,36 @@ async fn enqueue(
     let entry = queue.enqueue(&json).await?;
     println!("enqueued job_id={} entry_id={entry}", job.job_id);
     Ok(())
+}
+
+/// `audio-worker redrive`: dead letters back onto the job stream.
+async fn redrive(mut entry_ids: Vec<String>, all: bool) -> Result<(), Error> {
+    let redis_url = std::env::var("REDIS_URL")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| Error::new(ErrorCode::ConfigMissing, "REDIS_URL is not set"))?;
+    let queue = Queue::connect(QueueConfig::new(redis_url, "redrive")).await?;
+    if all {
+        entry_ids = queue
+            .dead_letters(1_000_000)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+    }
+    let mut missing = Vec::new();
+    for id in &entry_ids {
+        match queue.redrive(id).await? {
+            Some(new_id) => println!("redriven {id} -> {new_id}"),
+            None => missing.push(id.clone()),
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::QueueInvalidJob,
+            format!("no such dead letter: {}", missing.join(", ")),
+        ))
+    }
 }

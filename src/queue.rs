@@ -182,6 +182,22 @@ redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
 "#;
 
+/// Moves a dead letter back onto the job stream (its `job` field, unchanged) and deletes it from
+/// the dead stream, atomically. Returns the new entry id, or false when there is no such letter.
+const REDRIVE_LUA: &str = r#"
+local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
+if #e == 0 then return false end
+local fields = e[1][2]
+for i = 1, #fields, 2 do
+  if fields[i] == 'job' then
+    local id = redis.call('XADD', KEYS[1], '*', 'job', fields[i + 1])
+    redis.call('XDEL', KEYS[2], ARGV[1])
+    return id
+  end
+end
+return false
+"#;
+
 /// Moves a pending entry to the dead stream and acknowledges + deletes it, all or nothing.
 /// Returns 1 when moved, 0 when the entry was not pending (already acked or moved).
 const DEAD_LETTER_LUA: &str = r#"
@@ -548,6 +564,22 @@ impl Queue {
             waiting: length.saturating_sub(pending),
             dead,
         })
+    }
+
+    /// Puts a dead-lettered job back on the queue as a new entry (after its cause was fixed);
+    /// `Ok(None)` when the dead stream has no entry `dead_id`. Not retried on connection errors
+    /// (a retried call after a lost reply finds the letter gone and returns `None`).
+    pub async fn redrive(&self, dead_id: &str) -> Result<Option<String>> {
+        let mut c = self.conn.clone();
+        redis::cmd("EVAL")
+            .arg(REDRIVE_LUA)
+            .arg(2)
+            .arg(&self.cfg.stream)
+            .arg(&self.cfg.dead_stream)
+            .arg(dead_id)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| internal("redrive", &e))
     }
 
     /// Entries of the dead stream, oldest first, as field maps (for `check`, tests, operators).

@@ -189,6 +189,33 @@ async fn good_jobs_complete_once_and_poison_jobs_fail_visibly_with_their_codes()
     assert!(text.contains(r#"audio_worker_stage_duration_seconds_bucket{stage="transcribing""#));
     assert!(metric(&text, "audio_worker_audio_seconds_total") >= 42.0);
 
+    // An operator redrives a dead letter: it runs again (and, being bad audio, comes back).
+    let (dead_id, _) = dead
+        .iter()
+        .find(|(_, f)| f["job"].contains(silent.as_str()))
+        .unwrap();
+    let out = command(&stack, &["redrive", dead_id], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("redriven {dead_id} -> ")));
+    let again = command(&stack, &["redrive", dead_id], &[]);
+    assert_eq!(again.status.code(), Some(1), "a letter is redriven once");
+    stack
+        .wait_for_depth(depth(0, 0, 8), Duration::from_secs(60))
+        .await;
+    let letters = queue.dead_letters(100).await.unwrap();
+    assert!(letters.iter().all(|(id, _)| id != dead_id));
+    assert_eq!(
+        letters
+            .iter()
+            .filter(|(_, f)| f["job"].contains(silent.as_str()))
+            .count(),
+        1
+    );
+
     // SIGTERM with nothing in flight: a clean exit.
     worker.signal("TERM");
     assert_eq!(worker.exit_code(Duration::from_secs(15)).await, 0);
