@@ -175,7 +175,13 @@ async fn download(obj: &S3Object, path: &Path) -> Result<()> {
     {
         return Err(too_large(len));
     }
-    let mut file = tokio::fs::File::create(path)
+    // Only the worker's user may read a downloaded recording.
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
         .await
         .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
     let mut body = response.body;

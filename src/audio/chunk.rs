@@ -177,7 +177,7 @@ fn write_all(
     };
     let create = |path: &Path, written: &mut Vec<PathBuf>| {
         written.push(path.to_path_buf());
-        hound::WavWriter::create(path, spec).map_err(|e| wav_error(path, e))
+        super::private_wav(path, spec).map_err(|e| wav_error(path, e))
     };
     let mut pcm = match pcm_file {
         Some(path) => Some(create(path, written)?),

@@ -478,9 +478,13 @@ fn decode_symphonia(
                         Err(_) => {
                             // Keep the timeline: a lost packet becomes silence of its length.
                             stats.corrupt += 1;
+                            // The duration comes from the container, which is as damaged as
+                            // the packet: one claiming hours made us allocate gigabytes (found
+                            // by fuzzing: fixtures/fuzz/mp4-lost-packet-huge-duration-oom.m4a).
+                            // No codec's packet lasts a second; beyond that, use the last length.
                             let frames = frames_per_tick
                                 .map(|f| (packet.dur.get() as f64 * f).round() as usize)
-                                .filter(|n| *n > 0)
+                                .filter(|n| *n > 0 && *n <= rate as usize)
                                 .unwrap_or(last_frames);
                             mono.clear();
                             mono.resize(frames, 0.0);

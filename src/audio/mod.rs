@@ -15,6 +15,9 @@ pub mod resample;
 pub mod spill;
 pub mod vad;
 
+use std::fs::File;
+use std::io::BufWriter;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, ErrorCode, Result};
@@ -61,6 +64,24 @@ impl Default for PrepareOptions {
 ///
 /// On error nothing is left behind: not our files in `out_dir`, nor `out_dir` itself if this call
 /// created it.
+/// Creates (or truncates) a file only its owner may read: recordings are personal data.
+pub fn private_file(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// A WAV writer on a [`private_file`].
+pub fn private_wav(
+    path: &Path,
+    spec: hound::WavSpec,
+) -> hound::Result<hound::WavWriter<BufWriter<File>>> {
+    hound::WavWriter::new(BufWriter::new(private_file(path)?), spec)
+}
+
 pub fn prepare(input: &Path, out_dir: &Path, opts: &PrepareOptions) -> Result<Manifest> {
     let created = !out_dir.exists();
     std::fs::create_dir_all(out_dir)
@@ -162,7 +183,8 @@ fn write_manifest(out_dir: &Path, manifest: &Manifest) -> Result<()> {
     })?;
     let tmp = out_dir.join(".manifest.json.tmp");
     let path = out_dir.join(MANIFEST_FILE);
-    std::fs::write(&tmp, json)
+    private_file(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
         .and_then(|_| std::fs::rename(&tmp, &path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);

@@ -52,7 +52,7 @@ pub fn write_pieces(pcm_wav: &Path, pieces: &[[f64; 2]], dir: &Path) -> Result<V
             .seek(first)
             .map_err(|e| Error::io("cannot seek in the 16 kHz recording", e))?;
         let path: PathBuf = dir.join(format!("piece-{index:05}.wav"));
-        let mut writer = hound::WavWriter::create(&path, spec).map_err(wav_err)?;
+        let mut writer = crate::audio::private_wav(&path, spec).map_err(wav_err)?;
         for sample in reader.samples::<i16>().take((last - first) as usize) {
             writer
                 .write_sample(sample.map_err(wav_err)?)
