@@ -2,6 +2,8 @@
 //! format: `POST /v1beta/models/{model}:generateContent`, `x-goog-api-key`, replies
 //! `{candidates:[{content:{parts:[{text}]}, finishReason}]}`, errors `{error:{code,message,status}}`.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use audio_worker::ErrorCode;
@@ -62,20 +64,6 @@ fn valid_analysis() -> Value {
     })
 }
 
-/// The documented success envelope around a text part.
-fn gemini_reply(text: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(json!({
-        "candidates": [{
-            "content": {"role": "model", "parts": [{"text": text}]},
-            "finishReason": "STOP",
-            "index": 0
-        }],
-        "usageMetadata": {"promptTokenCount": 1000, "candidatesTokenCount": 300, "totalTokenCount": 1300},
-        "modelVersion": MODEL,
-        "responseId": "fake-1"
-    }))
-}
-
 fn gemini_error(code: u16, status: &str, message: &str) -> ResponseTemplate {
     ResponseTemplate::new(code)
         .set_body_json(json!({"error": {"code": code, "message": message, "status": status}}))
@@ -127,7 +115,7 @@ async fn success_and_the_request_shape() {
         .and(path(ENDPOINT))
         .and(header("x-goog-api-key", KEY))
         .and(header("content-type", "application/json"))
-        .respond_with(gemini_reply(&valid_analysis().to_string()))
+        .respond_with(common::fakes::gemini_reply(&valid_analysis().to_string()))
         .expect(1)
         .mount(&server)
         .await;
@@ -168,7 +156,7 @@ async fn rate_limit_with_retry_after_is_waited_then_retried() {
         .await;
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(gemini_reply(&valid_analysis().to_string()))
+        .respond_with(common::fakes::gemini_reply(&valid_analysis().to_string()))
         .expect(1)
         .mount(&server)
         .await;
@@ -197,7 +185,7 @@ async fn server_error_is_retried() {
         .await;
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(gemini_reply(&valid_analysis().to_string()))
+        .respond_with(common::fakes::gemini_reply(&valid_analysis().to_string()))
         .expect(1)
         .mount(&server)
         .await;
@@ -231,14 +219,14 @@ async fn a_timed_out_request_is_retried() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(gemini_reply(&valid_analysis().to_string()).set_delay(Duration::from_secs(3)))
+        .respond_with(common::fakes::gemini_reply(&valid_analysis().to_string()).set_delay(Duration::from_secs(3)))
         .up_to_n_times(1)
         .expect(1)
         .mount(&server)
         .await;
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(gemini_reply(&valid_analysis().to_string()))
+        .respond_with(common::fakes::gemini_reply(&valid_analysis().to_string()))
         .expect(1)
         .mount(&server)
         .await;
@@ -260,7 +248,7 @@ async fn a_timeout_every_time_fails_with_gemini_failed() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(gemini_reply("{}").set_delay(Duration::from_secs(3)))
+        .respond_with(common::fakes::gemini_reply("{}").set_delay(Duration::from_secs(3)))
         .mount(&server)
         .await;
     let mut c = config(&server);
@@ -276,7 +264,7 @@ async fn malformed_json_is_asked_for_once_more_then_fails_as_invalid() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(gemini_reply("{\"skills\": {\"listening\": "))
+        .respond_with(common::fakes::gemini_reply("{\"skills\": {\"listening\": "))
         .expect(2)
         .mount(&server)
         .await;
@@ -303,14 +291,14 @@ async fn a_schema_violation_is_corrected_with_the_error_in_the_prompt() {
     bad["skills"]["empathy"]["examples"][0]["quote"] = json!("あなたの気持ちは完全にわかります");
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(gemini_reply(&bad.to_string()))
+        .respond_with(common::fakes::gemini_reply(&bad.to_string()))
         .up_to_n_times(1)
         .expect(1)
         .mount(&server)
         .await;
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(gemini_reply(&valid_analysis().to_string()))
+        .respond_with(common::fakes::gemini_reply(&valid_analysis().to_string()))
         .expect(1)
         .mount(&server)
         .await;
@@ -337,7 +325,7 @@ async fn an_invented_quote_twice_is_an_invalid_response_not_a_default() {
     bad["skills"]["feedback"]["examples"][0]["quote"] = json!("存在しない発言");
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(gemini_reply(&bad.to_string()))
+        .respond_with(common::fakes::gemini_reply(&bad.to_string()))
         .expect(2)
         .mount(&server)
         .await;
