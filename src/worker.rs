@@ -142,7 +142,9 @@ pub async fn run(
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let mut jobs: JoinSet<Outcome> = JoinSet::new();
     let mut summary = Summary::default();
-    let mut idle_since = Instant::now();
+    // When the last job ended (set by the job itself, so the idle clock does not wait for the
+    // loop's next look, which can be a whole blocking read later).
+    let last_done = Arc::new(Mutex::new(Instant::now()));
     let mut redis_backoff = Duration::from_millis(500);
     let mut depth_checked = Instant::now() - DEPTH_INTERVAL;
     let reason = loop {
@@ -168,20 +170,27 @@ pub async fn run(
             Ok(Some(delivery)) => {
                 redis_backoff = Duration::from_millis(500);
                 let (services, cancel) = (Arc::clone(&services), cancel_rx.clone());
+                let last_done = Arc::clone(&last_done);
                 jobs.spawn(async move {
                     let _permit = permit;
-                    process(&services, delivery, cancel).await
+                    let outcome = process(&services, delivery, cancel).await;
+                    *last_done.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                    outcome
                 });
             }
             Ok(None) => {
                 drop(permit);
                 redis_backoff = Duration::from_millis(500);
-                if !jobs.is_empty() {
-                    idle_since = Instant::now();
+                while let Some(done) = jobs.try_join_next() {
+                    record(&mut summary, done);
                 }
+                let idle_for = last_done
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed();
                 if let Some(limit) = opts.exit_when_idle
                     && jobs.is_empty()
-                    && idle_since.elapsed() >= limit
+                    && idle_for >= limit
                     && queue_is_empty(&services.queue).await
                 {
                     break StopReason::Idle;

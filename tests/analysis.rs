@@ -219,7 +219,10 @@ async fn a_timed_out_request_is_retried() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(ENDPOINT))
-        .respond_with(common::fakes::gemini_reply(&valid_analysis().to_string()).set_delay(Duration::from_secs(3)))
+        .respond_with(
+            common::fakes::gemini_reply(&valid_analysis().to_string())
+                .set_delay(Duration::from_secs(3)),
+        )
         .up_to_n_times(1)
         .expect(1)
         .mount(&server)

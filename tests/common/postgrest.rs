@@ -125,6 +125,13 @@ pub fn execute_like_postgrest(pg: &Postgres, r: &Received) -> Result<String, Str
         Value::Array(_) => r.body.to_string(),
         body => Value::Array(vec![body.clone()]).to_string(),
     };
+    // The body goes into the script (psql's stdin) as a dollar-quoted literal, not as a `-v`
+    // argument: Linux caps one argument at 128 KiB, and a long recording's result is larger.
+    let mut tag = String::from("body");
+    while payload.contains(&format!("${tag}$")) {
+        tag.push('x');
+    }
+    let body = format!("${tag}${payload}${tag}$");
     match r.method.as_str() {
         "POST" => {
             let cols = column_list(&r.body);
@@ -150,9 +157,9 @@ pub fn execute_like_postgrest(pg: &Postgres, r: &Received) -> Result<String, Str
                 &format!(
                     "set role service_role;\n\
                      insert into public.{table} ({cols}) select {cols} \
-                     from json_populate_recordset(null::public.{table}, :'body'::json) {on_conflict};"
+                     from json_populate_recordset(null::public.{table}, {body}::json) {on_conflict};"
                 ),
-                &[("body", &payload)],
+                &[],
             )
         }
         "PATCH" => {
@@ -164,10 +171,10 @@ pub fn execute_like_postgrest(pg: &Postgres, r: &Received) -> Result<String, Str
                 &format!(
                     "set role service_role;\n\
                      update public.{table} set ({cols}) = (select {cols} \
-                     from json_populate_recordset(null::public.{table}, :'body'::json) limit 1) \
+                     from json_populate_recordset(null::public.{table}, {body}::json) limit 1) \
                      where session_id = :'id';"
                 ),
-                &[("body", &payload), ("id", id)],
+                &[("id", id)],
             )
         }
         "GET" => {
