@@ -267,7 +267,8 @@ async fn endless_rate_limits_end_as_rate_limited_after_the_last_attempt() {
     assert_eq!(server.received_requests().await.unwrap().len(), 3);
 }
 
-#[tokio::test]
+// Several runtime threads: requests must still start in timeline order, one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_chunk_is_prompted_with_the_tail_of_the_previous_one() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -282,21 +283,35 @@ async fn each_chunk_is_prompted_with_the_tail_of_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
     run(
         config(&server, ResponseMode::Segments),
-        chunks(dir.path(), &[(0.0, 5.0), (5.0, 10.0)]),
+        chunks(
+            dir.path(),
+            &[
+                (0.0, 5.0),
+                (5.0, 10.0),
+                (10.0, 15.0),
+                (15.0, 20.0),
+                (20.0, 25.0),
+                (25.0, 30.0),
+            ],
+        ),
         1,
     )
     .await
     .unwrap();
     let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 6);
     assert_eq!(
         form_field(&body_text(&requests[0]), "prompt"),
         None,
         "the first chunk has no prompt"
     );
-    assert_eq!(
-        form_field(&body_text(&requests[1]), "prompt").as_deref(),
-        Some("前の話の終わりです。")
-    );
+    for (i, request) in requests.iter().enumerate().skip(1) {
+        assert_eq!(
+            form_field(&body_text(request), "prompt").as_deref(),
+            Some("前の話の終わりです。"),
+            "request {i}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -11,7 +11,6 @@ pub mod whisper_json;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::BoxFuture;
@@ -63,52 +62,58 @@ pub async fn transcribe_all(
 ) -> Result<Transcript> {
     let total = chunks.len();
     let texts: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(vec![None; total]));
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    // A pool of `concurrency` tasks taking chunks in index order: requests start in timeline
+    // order (spawning one task per chunk would start them in whatever order the runtime polls
+    // them), so each chunk most likely gets the previous chunk's text as its prompt.
+    let next: Arc<Mutex<std::collections::VecDeque<ChunkAudio>>> =
+        Arc::new(Mutex::new(chunks.into_iter().collect()));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<ChunkResult>>();
     let mut tasks = JoinSet::new();
-    for audio in chunks {
-        let (transcriber, texts, permits) = (
+    for _ in 0..concurrency.max(1).min(total) {
+        let (transcriber, texts, next, done_tx) = (
             Arc::clone(&transcriber),
             Arc::clone(&texts),
-            Arc::clone(&permits),
+            Arc::clone(&next),
+            done_tx.clone(),
         );
         let language = language.to_string();
         tasks.spawn(async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            // Decided when the request starts: the previous chunk's text if it is done by now.
-            let prompt = audio
-                .index
-                .checked_sub(1)
-                .and_then(|prev| texts.lock().expect("not poisoned")[prev].clone())
-                .map(|t| tail(&t, PROMPT_TAIL_CHARS))
-                .filter(|t| !t.is_empty());
-            let text = transcriber
-                .transcribe(ChunkRequest {
-                    audio: &audio,
-                    language: &language,
-                    prompt,
-                })
-                .await?;
-            texts.lock().expect("not poisoned")[audio.index] = Some(text.text.clone());
-            Ok::<_, Error>(ChunkResult {
-                start_s: audio.start_s,
-                end_s: audio.end_s,
-                text,
-            })
+            loop {
+                let Some(audio) = next.lock().expect("not poisoned").pop_front() else {
+                    return;
+                };
+                // Decided when the request starts: the previous chunk's text if it is done by now.
+                let prompt = audio
+                    .index
+                    .checked_sub(1)
+                    .and_then(|prev| texts.lock().expect("not poisoned")[prev].clone())
+                    .map(|t| tail(&t, PROMPT_TAIL_CHARS))
+                    .filter(|t| !t.is_empty());
+                let result = transcriber
+                    .transcribe(ChunkRequest {
+                        audio: &audio,
+                        language: &language,
+                        prompt,
+                    })
+                    .await
+                    .map(|text| {
+                        texts.lock().expect("not poisoned")[audio.index] = Some(text.text.clone());
+                        ChunkResult {
+                            start_s: audio.start_s,
+                            end_s: audio.end_s,
+                            text,
+                        }
+                    });
+                let failed = result.is_err();
+                if done_tx.send(result).is_err() || failed {
+                    return;
+                }
+            }
         });
     }
+    drop(done_tx);
     let mut results = Vec::with_capacity(total);
-    while let Some(joined) = tasks.join_next().await {
-        let result = joined
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Internal,
-                    format!("a transcription task failed: {e}"),
-                )
-            })
-            .and_then(|r| r);
+    while let Some(result) = done_rx.recv().await {
         match result {
             Ok(r) => {
                 results.push(r);
@@ -119,6 +124,21 @@ pub async fn transcribe_all(
                 return Err(e);
             }
         }
+    }
+    // Every sender is gone: all tasks ended. One that ended without sending a result panicked.
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!("a transcription task failed: {e}"),
+            ));
+        }
+    }
+    if results.len() != total {
+        return Err(Error::new(
+            ErrorCode::Internal,
+            format!("only {} of {total} chunks were transcribed", results.len()),
+        ));
     }
     Ok(merge::merge(results, speech, language, &transcriber.name()))
 }
