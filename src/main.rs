@@ -282,6 +282,18 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// A set, non-blank environment variable.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The queue for an operator's command (REDIS_URL), as consumer `name`.
+async fn operator_queue(name: &str) -> Result<Queue, Error> {
+    let redis_url = env("REDIS_URL")
+        .ok_or_else(|| Error::new(ErrorCode::ConfigMissing, "REDIS_URL is not set"))?;
+    Queue::connect(QueueConfig::new(redis_url, name)).await
+}
+
 /// `audio-worker enqueue`: builds, signs, validates and XADDs one job.
 async fn enqueue(
     session_id: String,
@@ -290,15 +302,12 @@ async fn enqueue(
     bucket: Option<String>,
     language: String,
 ) -> Result<(), Error> {
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let bucket = bucket.or_else(|| env("BUCKET_NAME")).ok_or_else(|| {
         Error::new(
             ErrorCode::ConfigMissing,
             "no bucket: pass --bucket or set BUCKET_NAME",
         )
     })?;
-    let redis_url = env("REDIS_URL")
-        .ok_or_else(|| Error::new(ErrorCode::ConfigMissing, "REDIS_URL is not set"))?;
     let mut job = Job::new(
         session_id,
         user_id,
@@ -313,7 +322,7 @@ async fn enqueue(
     // The worker validates again; refusing here gives the operator the message at once.
     let json = job.to_json();
     Job::parse(&json)?;
-    let queue = Queue::connect(QueueConfig::new(redis_url, "enqueue")).await?;
+    let queue = operator_queue("enqueue").await?;
     let entry = queue.enqueue(&json).await?;
     println!("enqueued job_id={} entry_id={entry}", job.job_id);
     Ok(())
@@ -321,11 +330,7 @@ async fn enqueue(
 
 /// `audio-worker redrive`: dead letters back onto the job stream.
 async fn redrive(mut entry_ids: Vec<String>, all: bool) -> Result<(), Error> {
-    let redis_url = std::env::var("REDIS_URL")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| Error::new(ErrorCode::ConfigMissing, "REDIS_URL is not set"))?;
-    let queue = Queue::connect(QueueConfig::new(redis_url, "redrive")).await?;
+    let queue = operator_queue("redrive").await?;
     if all {
         entry_ids = queue
             .dead_letters(1_000_000)

@@ -176,13 +176,8 @@ async fn download(obj: &S3Object, path: &Path) -> Result<()> {
         return Err(too_large(len));
     }
     // Only the worker's user may read a downloaded recording.
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .await
+    let mut file = crate::audio::private_file(path)
+        .map(tokio::fs::File::from_std)
         .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
     let mut body = response.body;
     let mut written = 0u64;

@@ -146,7 +146,9 @@ pub async fn run(
     // loop's next look, which can be a whole blocking read later).
     let last_done = Arc::new(Mutex::new(Instant::now()));
     let mut redis_backoff = Duration::from_millis(500);
-    let mut depth_checked = Instant::now() - DEPTH_INTERVAL;
+    // None until the first look (subtracting from `Instant::now()` can underflow on a machine
+    // that booted seconds ago, as a freshly started Fly machine has).
+    let mut depth_checked: Option<Instant> = None;
     let reason = loop {
         while let Some(done) = jobs.try_join_next() {
             record(&mut summary, done);
@@ -154,8 +156,8 @@ pub async fn run(
         if *shutdown.borrow() {
             break StopReason::Shutdown;
         }
-        if depth_checked.elapsed() >= DEPTH_INTERVAL {
-            depth_checked = Instant::now();
+        if depth_checked.is_none_or(|at| at.elapsed() >= DEPTH_INTERVAL) {
+            depth_checked = Some(Instant::now());
             publish_depth(&services.queue).await;
         }
         let permit = tokio::select! {

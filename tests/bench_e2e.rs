@@ -31,8 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::fakes::{self, GEMINI_MODEL, GOOGLE_KEY, OPENAI_KEY, WHISPER_PATH};
-use common::postgres::Postgres;
-use common::postgrest::{PostgrestOnPostgres, Received, execute_like_postgrest};
+use common::postgrest::PostgrestOnPostgres;
 use common::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 use common::servers::{RedisServer, free_port};
 use serde_json::{Value, json};
@@ -197,37 +196,6 @@ impl Respond for RecordingGemini {
     }
 }
 
-/// PostgREST on the stack's database without request recording: the worker's chunk uploads go
-/// elsewhere, but an hour's progress and result bodies would still pile up in this process.
-struct BigBodyPostgrest {
-    pg: Arc<Postgres>,
-    key: String,
-}
-
-impl Respond for BigBodyPostgrest {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        if request.headers.get("apikey").and_then(|v| v.to_str().ok()) != Some(self.key.as_str()) {
-            return ResponseTemplate::new(401);
-        }
-        let r = Received::of(request);
-        let outcome = execute_like_postgrest(&self.pg, &r);
-        match outcome {
-            Ok(out) if r.method == "GET" => ResponseTemplate::new(200)
-                .insert_header("content-type", "application/json")
-                .set_body_string(if out.is_empty() {
-                    "[]".to_string()
-                } else {
-                    out
-                }),
-            Ok(_) if r.method == "POST" => ResponseTemplate::new(201),
-            Ok(_) => ResponseTemplate::new(204),
-            Err(e) => ResponseTemplate::new(400).set_body_json(
-                json!({"code": "23514", "message": e.trim(), "details": null, "hint": null}),
-            ),
-        }
-    }
-}
-
 /// The benchmark's settings, from the environment.
 struct Settings {
     audio: PathBuf,
@@ -284,7 +252,6 @@ struct Stack {
     s3: S3Server,
     supabase: PostgrestOnPostgres,
     /// What the worker talks to: [`BigBodyPostgrest`] on `supabase`'s database.
-    postgrest: MockServer,
     whisper: MockServer,
     whisper_calls: Arc<Mutex<Vec<Call>>>,
     gemini: MockServer,
@@ -296,19 +263,10 @@ impl Stack {
     async fn start(rtf: f64) -> Stack {
         let redis = RedisServer::start();
         let s3 = S3Server::start(&[BUCKET]).await;
-        let supabase = PostgrestOnPostgres::start(SERVICE_KEY).await;
+        // Not recorded: an hour's progress and result bodies would pile up in this process.
+        let supabase = PostgrestOnPostgres::start_with(SERVICE_KEY, false).await;
         let dir = tempfile::tempdir().unwrap();
-        let postgrest = MockServer::builder()
-            .disable_request_recording()
-            .start()
-            .await;
-        Mock::given(wiremock::matchers::any())
-            .respond_with(BigBodyPostgrest {
-                pg: Arc::clone(&supabase.pg),
-                key: SERVICE_KEY.to_string(),
-            })
-            .mount(&postgrest)
-            .await;
+
         // No request recording: the uploads are ~19 MB each and would pile up in this process.
         let whisper = MockServer::builder()
             .disable_request_recording()
@@ -342,7 +300,6 @@ impl Stack {
             redis,
             s3,
             supabase,
-            postgrest,
             whisper,
             whisper_calls,
             gemini,
@@ -354,7 +311,7 @@ impl Stack {
     fn env(&self, analysis: bool) -> Vec<(String, String)> {
         let mut env: Vec<(&str, String)> = vec![
             ("REDIS_URL", self.redis.url()),
-            ("SUPABASE_URL", self.postgrest.uri()),
+            ("SUPABASE_URL", self.supabase.url()),
             ("SUPABASE_SERVICE_KEY", SERVICE_KEY.into()),
             ("OPENAI_API_KEY", OPENAI_KEY.into()),
             ("OPENAI_BASE_URL", fakes::openai_base(&self.whisper)),

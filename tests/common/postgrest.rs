@@ -281,8 +281,21 @@ fn error(status: u16, code: &str, message: &str) -> ResponseTemplate {
 impl PostgrestOnPostgres {
     /// A migrated cluster and the fake in front of it, accepting `service_key`.
     pub async fn start(service_key: &str) -> PostgrestOnPostgres {
+        PostgrestOnPostgres::start_with(service_key, true).await
+    }
+
+    /// Without `record`, requests are not kept (`received` and `progress_of` are unavailable):
+    /// for long benchmarks, whose bodies would pile up in the test process.
+    pub async fn start_with(service_key: &str, record: bool) -> PostgrestOnPostgres {
         let pg = Arc::new(tokio::task::spawn_blocking(migrated).await.unwrap());
-        let server = MockServer::start().await;
+        let server = if record {
+            MockServer::start().await
+        } else {
+            MockServer::builder()
+                .disable_request_recording()
+                .start()
+                .await
+        };
         let faults = Arc::new(Mutex::new(Faults::default()));
         Mock::given(any())
             .respond_with(Responder {
