@@ -1,4 +1,5 @@
-//! One job, start to finish: fetch → prepare → transcribe → diarise → metrics → analysis.
+//! One job, start to finish: fetch → prepare (decode, speech map, speaker timeline) → pieces →
+//! transcribe → turns and roles → metrics → analysis.
 //!
 //! The daemon and `audio-worker replay` run this very function; they differ only in the ports
 //! they plug in (ARCHITECTURE.md). No stage knows where its input came from or where its output
@@ -14,12 +15,11 @@ use crate::BoxFuture;
 use crate::analysis::metrics::{self, ConversationMetrics};
 use crate::analysis::{AnalysisInput, Analyzer, CoachingAnalysis};
 use crate::audio::decode::SourceInfo;
-use crate::audio::manifest::Manifest;
 use crate::audio::{self, PrepareOptions};
 use crate::conversation::{Transcript, Turn};
-use crate::diarize::{self, DiarizeOptions};
+use crate::diarize::{self, DiarizeOptions, SpeakerTimeline, TurnSpan};
 use crate::error::{Error, ErrorCode, Result};
-use crate::transcribe::pieces::{self, MAX_PIECE_S};
+use crate::transcribe::pieces::{self, PieceOptions};
 use crate::transcribe::{ChunkAudio, Transcriber, transcribe_all};
 
 /// Where the recording comes from: S3 for the daemon, a local file for replay.
@@ -94,7 +94,7 @@ impl Progress {
         }
     }
 
-    /// Transcription advances from 40 % to 59 % as chunks finish.
+    /// Transcription advances from 40 % to 59 % as pieces finish.
     pub fn transcribing(done: usize, total: usize) -> Progress {
         let share = if total == 0 {
             1.0
@@ -145,7 +145,8 @@ pub struct PipelineJob {
 pub struct PipelineOptions {
     pub prepare: PrepareOptions,
     pub diarize: DiarizeOptions,
-    /// Chunks transcribed at once.
+    pub pieces: PieceOptions,
+    /// Pieces transcribed at once (lanes).
     pub transcribe_concurrency: usize,
     /// Parent of the per-job temp directory (the system temp dir by default).
     pub work_root: PathBuf,
@@ -156,6 +157,7 @@ impl Default for PipelineOptions {
         PipelineOptions {
             prepare: PrepareOptions::default(),
             diarize: DiarizeOptions::default(),
+            pieces: PieceOptions::default(),
             transcribe_concurrency: 4,
             work_root: std::env::temp_dir(),
         }
@@ -264,16 +266,23 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         move || audio::peaks::read_peaks(&pcm, WAVEFORM_BUCKETS)
     })
     .await?;
+    // Who speaks when, from the audio alone: the transcriber only fills in the words.
+    let timeline = blocking({
+        let (pcm, speech, dopts) = (pcm.clone(), manifest.speech.clone(), opts.diarize.clone());
+        move || diarize::speaker_timeline(&pcm, &speech, &dopts)
+    })
+    .await?;
+    let turn_spans = diarize::turns::group_turns(&timeline.spans, opts.diarize.max_pause_in_turn_s);
 
     ports.progress.report(Progress::transcribing(0, 1)).await?;
-    let units = transcription_units(
-        &manifest,
-        &prepared_dir,
-        &pcm,
-        ports.transcriber.as_ref(),
-        &work,
-    )
-    .await?;
+    let pieces = write_pieces(&timeline, &turn_spans, &pcm, &opts.pieces, &work).await?;
+    tracing::info!(
+        speakers = timeline.speakers_found,
+        turns = turn_spans.len(),
+        pieces = pieces.len(),
+        piece_audio_s = pieces.iter().map(|p| p.end_s - p.start_s).sum::<f64>(),
+        "speaker timeline"
+    );
     let progress = Arc::clone(&ports.progress);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let forward = tokio::spawn(async move {
@@ -284,7 +293,7 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
     });
     let transcript = transcribe_all(
         Arc::clone(&ports.transcriber),
-        units,
+        pieces,
         &job.language,
         opts.transcribe_concurrency,
         &manifest.speech,
@@ -301,15 +310,7 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         .progress
         .report(Progress::at(Stage::Diarization))
         .await?;
-    let diarization = blocking({
-        let (speech, transcript, dopts) = (
-            manifest.speech.clone(),
-            transcript.clone(),
-            opts.diarize.clone(),
-        );
-        move || diarize::diarize(&pcm, &speech, &transcript, &dopts)
-    })
-    .await?;
+    let diarization = diarize::turns::label_turns(&timeline, &turn_spans, &transcript);
     let duration_s = manifest.output.duration_s;
     let metrics = metrics::compute(&diarization.turns, duration_s);
 
@@ -364,28 +365,15 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
     })
 }
 
-/// What to send to the transcriber: the chunks when it gives timestamps, otherwise speech pieces
-/// of at most 30 s whose times we know.
-async fn transcription_units(
-    manifest: &Manifest,
-    prepared_dir: &Path,
+/// Cuts the turns into single-speaker pieces and writes each as a WAV file.
+async fn write_pieces(
+    timeline: &SpeakerTimeline,
+    turns: &[TurnSpan],
     pcm: &Path,
-    transcriber: &dyn Transcriber,
+    opts: &PieceOptions,
     work: &Path,
 ) -> Result<Vec<ChunkAudio>> {
-    if transcriber.gives_timestamps() {
-        return Ok(manifest
-            .chunks
-            .iter()
-            .map(|c| ChunkAudio {
-                index: c.index,
-                path: prepared_dir.join(&c.file),
-                start_s: c.start_s,
-                end_s: c.end_s,
-            })
-            .collect());
-    }
-    let plan = pieces::plan_pieces(&manifest.speech, MAX_PIECE_S);
+    let plan = pieces::plan_pieces(turns, &timeline.frame_db, opts);
     let (pcm, dir) = (pcm.to_path_buf(), work.join("pieces"));
     blocking(move || {
         std::fs::create_dir_all(&dir)

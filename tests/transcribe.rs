@@ -341,3 +341,125 @@ async fn text_only_models_get_json_and_their_text_spans_the_piece() {
     );
     assert_eq!(form_field(&body, "timestamp_granularities[]"), None);
 }
+
+/// Answers each piece with a text naming its file (`chunk-003.wav` → "text 3."), and records
+/// when each request arrived; the first `rate_limited` requests get 429 with Retry-After 1 s.
+struct NamedPieces {
+    seen: Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    rate_limited: std::sync::atomic::AtomicUsize,
+}
+
+impl wiremock::Respond for NamedPieces {
+    fn respond(&self, req: &wiremock::Request) -> ResponseTemplate {
+        let body = body_text(req);
+        let name = body
+            .split("filename=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("")
+            .to_string();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((std::time::Instant::now(), name.clone()));
+        let left = self.rate_limited.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.rate_limited
+                .store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return openai_error(429, "Rate limit reached").insert_header("retry-after", "1");
+        }
+        let n: usize = name
+            .trim_start_matches("chunk-")
+            .trim_end_matches(".wav")
+            .parse()
+            .unwrap_or(999);
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({ "text": format!("text {n}.") }))
+    }
+}
+
+async fn named_pieces(
+    rate_limited: usize,
+) -> (
+    MockServer,
+    Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+) {
+    let server = MockServer::start().await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(NamedPieces {
+            seen: Arc::clone(&seen),
+            rate_limited: rate_limited.into(),
+        })
+        .mount(&server)
+        .await;
+    (server, seen)
+}
+
+// Lanes over consecutive stretches: every piece but a lane's first is prompted with the text of
+// the piece just before it, however the runtime schedules the lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lanes_prompt_each_piece_with_the_text_just_before_it() {
+    let (server, _) = named_pieces(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spans: Vec<(f64, f64)> = (0..9)
+        .map(|i| (i as f64 * 5.0, i as f64 * 5.0 + 4.0))
+        .collect();
+    let t = run(
+        config(&server, ResponseMode::Text),
+        chunks(dir.path(), &spans),
+        3,
+    )
+    .await
+    .unwrap();
+    let texts: Vec<&str> = t.segments.iter().map(|s| s.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        (0..9).map(|i| format!("text {i}.")).collect::<Vec<_>>()
+    );
+    let mut without = Vec::new();
+    for request in server.received_requests().await.unwrap() {
+        let body = body_text(&request);
+        let name = body
+            .split("filename=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let n: usize = name[6..9].parse().unwrap();
+        match form_field(&body, "prompt") {
+            Some(p) => assert_eq!(p, format!("text {}.", n - 1), "piece {n}"),
+            None => without.push(n),
+        }
+    }
+    without.sort();
+    assert_eq!(
+        without,
+        vec![0, 3, 6],
+        "only each lane's first piece goes without context"
+    );
+}
+
+// A 429 in one lane pauses the other lanes too, until its Retry-After has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_in_one_lane_pauses_every_lane() {
+    let (server, seen) = named_pieces(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spans: Vec<(f64, f64)> = (0..8)
+        .map(|i| (i as f64 * 5.0, i as f64 * 5.0 + 4.0))
+        .collect();
+    let mut cfg = config(&server, ResponseMode::Text);
+    cfg.retry.base = Duration::from_millis(10);
+    run(cfg, chunks(dir.path(), &spans), 2).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let limited_at = seen[0].0;
+    // after the 429 nothing is sent for a second, by either lane
+    let next = seen[1..].iter().map(|(t, _)| *t).min().unwrap();
+    assert!(
+        next.duration_since(limited_at) >= Duration::from_millis(950),
+        "the other lane went on after {:?}",
+        next.duration_since(limited_at)
+    );
+}

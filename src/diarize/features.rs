@@ -63,6 +63,8 @@ pub struct Features {
     pub block_s: f64,
     pub blocks: Vec<Block>,
     pub duration_s: f64,
+    /// Level (dBFS) of every 20 ms frame (its hop), speech or not.
+    pub frame_db: Vec<f32>,
 }
 
 /// YIN pitch tracker and MFCC analyser with their FFT plans and scratch buffers.
@@ -329,6 +331,7 @@ pub fn extract(pcm_wav: &Path, speech: &[[f64; 2]], frames_per_block: usize) -> 
     let total = reader.duration() as usize;
     let n_frames = total.div_ceil(HOP);
     let mut blocks = vec![Block::default(); n_frames.div_ceil(frames_per_block)];
+    let mut frame_db = Vec::with_capacity(n_frames);
     let mut analyser = FrameAnalyser::new();
 
     // Sliding buffer: frame i needs samples [i*HOP - HOP/2, i*HOP - HOP/2 + BUF).
@@ -363,6 +366,7 @@ pub fn extract(pcm_wav: &Path, speech: &[[f64; 2]], frames_per_block: usize) -> 
                 }
             }
         }
+        frame_db.push(hop_level_db(&buf[HOP / 2..HOP / 2 + HOP]));
         let centre = (frame as f64 + 0.5) * HOP as f64 / RATE as f64;
         while region < speech.len() && speech[region][1] <= centre {
             region += 1;
@@ -391,7 +395,14 @@ pub fn extract(pcm_wav: &Path, speech: &[[f64; 2]], frames_per_block: usize) -> 
         block_s: frames_per_block as f64 * HOP as f64 / RATE as f64,
         blocks,
         duration_s: total as f64 / RATE as f64,
+        frame_db,
     })
+}
+
+/// RMS level of one hop in dBFS, floored at -120.
+fn hop_level_db(hop: &[f32]) -> f32 {
+    let power = hop.iter().map(|v| v * v).sum::<f32>() / hop.len().max(1) as f32;
+    (10.0 * power.max(1e-12).log10()).max(crate::audio::loudness::SILENCE_DB)
 }
 
 #[cfg(test)]

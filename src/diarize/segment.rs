@@ -1,5 +1,5 @@
-//! From block labels to speaker turns: filling, smoothing of short flips, speaker changes inside a
-//! transcript segment, and splitting a segment's text at the change.
+//! Block labels and text cuts: filling, smoothing of short flips, and where to split a text at a
+//! fraction of its length.
 
 use super::roles::is_cjk;
 
@@ -92,132 +92,13 @@ pub fn smooth_short_runs(labels: &mut [Option<u8>], min_run: usize) {
     }
 }
 
-/// How a transcript segment's blocks divide between the speakers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Piece {
-    pub lo: usize,
-    pub hi: usize,
-    pub label: u8,
-}
-
-/// Tuning of [`split_segment`].
-#[derive(Debug, Clone, Copy)]
-pub struct SplitRule {
-    /// Each side of a change needs at least this many labelled blocks.
-    pub min_side: usize,
-    /// Each side's majority label must hold at least this share of its blocks when the change
-    /// falls in a pause ...
-    pub min_purity: f32,
-    /// ... and this share when it falls inside continuous speech.
-    pub strict_purity: f32,
-}
-
-/// The speakers of the blocks `lo..hi` of one transcript segment: one piece with the majority
-/// label, or several when the labels change (recursively, best change point first).
-/// `at_pause[k]`: a cut before block `k` falls in a pause of the speech map.
-pub fn split_segment(
-    labels: &[Option<u8>],
-    at_pause: &[bool],
-    lo: usize,
-    hi: usize,
-    rule: SplitRule,
-) -> Vec<Piece> {
-    let count = |a: usize, b: usize| -> [usize; 2] {
-        let mut c = [0usize; 2];
-        for l in labels[a..b].iter().flatten() {
-            c[*l as usize] += 1;
-        }
-        c
-    };
-    let total = count(lo, hi);
-    if total[0] + total[1] == 0 {
-        return Vec::new();
-    }
-    let majority = u8::from(total[1] > total[0]);
-    let whole = vec![Piece {
-        lo,
-        hi,
-        label: majority,
-    }];
-    let no_split = total[0].max(total[1]);
-    // prefix[k] = label counts of blocks lo..lo+k
-    let mut prefix = vec![[0usize; 2]; hi - lo + 1];
-    for k in lo..hi {
-        let mut c = prefix[k - lo];
-        if let Some(l) = labels[k] {
-            c[l as usize] += 1;
-        }
-        prefix[k - lo + 1] = c;
-    }
-    // a part a..b (relative) that is mostly `l`: its count of `l`, if long and pure enough
-    let n = hi - lo;
-    // (a cut inside speech, not at a pause, must be clearer: a pure side)
-    let purity = |k: usize| {
-        if at_pause[lo + k] {
-            rule.min_purity
-        } else {
-            rule.strict_purity
-        }
-    };
-    let part = |a: usize, b: usize, l: u8| -> Option<usize> {
-        let c = [prefix[b][0] - prefix[a][0], prefix[b][1] - prefix[a][1]];
-        let (len, mine) = (c[0] + c[1], c[l as usize]);
-        // only cuts inside the segment count, not its own edges
-        let need_at = |k: usize| if k == 0 || k == n { 0.0 } else { purity(k) };
-        let need = need_at(a).max(need_at(b));
-        (len >= rule.min_side && mine as f32 >= need * len as f32).then_some(mine)
-    };
-    // one change: (score, cut)
-    let mut single: Option<(usize, usize)> = None;
-    for k in 1..n {
-        for (a, b) in [(0u8, 1u8), (1, 0)] {
-            if let (Some(x), Some(y)) = (part(0, k, a), part(k, n, b))
-                && single.is_none_or(|(s, _)| x + y > s)
-            {
-                single = Some((x + y, k));
-            }
-        }
-    }
-    // two changes (A B A), when one cannot explain the labels; bounded cost
-    let mut double: Option<(usize, usize, usize)> = None;
-    if n <= 600 {
-        for i in 1..n {
-            for k in i + 1..n {
-                for (a, b) in [(0u8, 1u8), (1, 0)] {
-                    if let (Some(x), Some(y), Some(z)) =
-                        (part(0, i, a), part(i, k, b), part(k, n, a))
-                        && double.is_none_or(|(s, ..)| x + y + z > s)
-                    {
-                        double = Some((x + y + z, i, k));
-                    }
-                }
-            }
-        }
-    }
-    let gain = rule.min_side / 2;
-    let single_score = single.map_or(no_split, |s| s.0);
-    let cuts: Vec<usize> = match (single, double) {
-        (_, Some((d, i, k))) if d >= single_score + gain && d >= no_split + gain => {
-            vec![lo + i, lo + k]
-        }
-        (Some((s, k)), _) if s >= no_split + gain => vec![lo + k],
-        _ => return whole,
-    };
-    let mut out = Vec::new();
-    let mut a = lo;
-    for c in cuts.into_iter().chain(std::iter::once(hi)) {
-        out.extend(split_segment(labels, at_pause, a, c, rule));
-        a = c;
-    }
-    // neighbours with the same label (possible after recursion) join
-    let mut merged: Vec<Piece> = Vec::new();
-    for p in out {
-        match merged.last_mut() {
-            Some(m) if m.label == p.label => m.hi = p.hi,
-            _ => merged.push(p),
-        }
-    }
-    merged
+/// Where to cut `text` at the fraction `f` of its length (a char index, the cut goes before it):
+/// the nearest sentence end, else clause mark, else word boundary, else (text without spaces)
+/// the character at that fraction. The same fraction always gives the same cut.
+pub fn cut_position(text: &str, f: f64) -> usize {
+    let chars: Vec<char> = text.chars().collect();
+    let target = (f.clamp(0.0, 1.0) * chars.len() as f64).round() as usize;
+    best_cut(&chars, target, 0)
 }
 
 /// Splits `text` into `cuts.len() + 1` parts at the cumulative fractions `cuts` (0..1, rising),
@@ -315,55 +196,6 @@ mod tests {
         let mut l = labels("aaaaabaaaaa..bb..aaaabbbbbbbb");
         smooth_short_runs(&mut l, 3);
         assert_eq!(show(&l), "aaaaaaaaaaa..bb..aaaabbbbbbbb");
-    }
-
-    #[test]
-    fn a_merged_segment_splits_at_the_change() {
-        let rule = SplitRule {
-            min_side: 4,
-            min_purity: 0.7,
-            strict_purity: 0.7,
-        };
-        let l = labels("aaaaaaaaabaaaaaaabbbbbbbb");
-        let p = split_segment(&l, &vec![false; l.len() + 1], 0, l.len(), rule);
-        assert_eq!(
-            p,
-            vec![
-                Piece {
-                    lo: 0,
-                    hi: 17,
-                    label: 0
-                },
-                Piece {
-                    lo: 17,
-                    hi: 25,
-                    label: 1
-                }
-            ]
-        );
-        // a few stray blocks are no change
-        let l = labels("aaaaaaabbaaaaaaaaaba");
-        assert_eq!(
-            split_segment(&l, &vec![false; l.len() + 1], 0, l.len(), rule).len(),
-            1
-        );
-        // inside continuous speech a change needs purer sides than at a pause
-        let strict = SplitRule {
-            strict_purity: 0.95,
-            ..rule
-        };
-        let l = labels("aaaaaaaaabaaaaaaabbbbbbbb");
-        let mut pause = vec![false; l.len() + 1];
-        assert_eq!(split_segment(&l, &pause, 0, l.len(), strict).len(), 1);
-        pause[17] = true;
-        assert_eq!(split_segment(&l, &pause, 0, l.len(), strict).len(), 2);
-        // three speakers' lines in one segment
-        let l = labels("aaaaaabbbbbbbaaaaaa");
-        let labels_of: Vec<u8> = split_segment(&l, &vec![false; l.len() + 1], 0, l.len(), rule)
-            .iter()
-            .map(|p| p.label)
-            .collect();
-        assert_eq!(labels_of, vec![0, 1, 0]);
     }
 
     #[test]

@@ -1,15 +1,17 @@
-//! Speech to text: the [`Transcriber`] port, its adapters (OpenAI, sidecar file), speech pieces for
-//! models without timestamps, and the merge of chunk transcripts onto the original timeline.
+//! Speech to text: the [`Transcriber`] port, its adapters (OpenAI, sidecar file), the
+//! single-speaker pieces every model is sent, and the merge of their text onto the original
+//! timeline.
 
 pub mod merge;
 pub mod openai;
 pub mod pieces;
+pub mod rate_gate;
 pub mod retry;
 pub mod sidecar;
 pub mod whisper_json;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
@@ -33,7 +35,7 @@ pub struct ChunkAudio {
 pub struct ChunkRequest<'a> {
     pub audio: &'a ChunkAudio,
     pub language: &'a str,
-    /// The tail of the previous chunk's text, for continuity, when it is known.
+    /// The tail of the text just before this piece, for continuity, when it is known.
     pub prompt: Option<String>,
 }
 
@@ -42,53 +44,41 @@ pub struct ChunkRequest<'a> {
 pub trait Transcriber: Send + Sync {
     /// Model or adapter name, for the result's provenance.
     fn name(&self) -> String;
-    /// Whether replies carry segment timestamps; without, the pipeline sends speech pieces.
-    fn gives_timestamps(&self) -> bool;
     fn transcribe<'a>(&'a self, req: ChunkRequest<'a>) -> BoxFuture<'a, Result<ChunkText>>;
 }
 
-/// Characters of the previous chunk's text sent as the prompt (Whisper reads up to 224 tokens).
+/// Characters of the previous piece's text sent as the prompt (Whisper reads up to 224 tokens).
 pub const PROMPT_TAIL_CHARS: usize = 200;
 
-/// Transcribes all chunks, at most `concurrency` at a time, and merges them onto the timeline.
-/// `on_done(done, total)` is called as chunks finish. The first failure stops the rest.
+/// Transcribes all pieces in `concurrency` lanes over consecutive stretches of the recording and
+/// merges them onto the timeline. Within a lane pieces go one after the other, so every piece
+/// but a lane's first is sent with the text just before it as its prompt (context without making
+/// a long session sequential). `on_done(done, total)` is called as pieces finish. The first
+/// failure stops the rest.
 pub async fn transcribe_all(
     transcriber: Arc<dyn Transcriber>,
-    chunks: Vec<ChunkAudio>,
+    pieces: Vec<ChunkAudio>,
     language: &str,
     concurrency: usize,
     speech: &[[f64; 2]],
     mut on_done: impl FnMut(usize, usize),
 ) -> Result<Transcript> {
-    let total = chunks.len();
-    let texts: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(vec![None; total]));
-    // A pool of `concurrency` tasks taking chunks in index order: requests start in timeline
-    // order (spawning one task per chunk would start them in whatever order the runtime polls
-    // them), so each chunk most likely gets the previous chunk's text as its prompt.
-    let next: Arc<Mutex<std::collections::VecDeque<ChunkAudio>>> =
-        Arc::new(Mutex::new(chunks.into_iter().collect()));
+    let total = pieces.len();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<ChunkResult>>();
     let mut tasks = JoinSet::new();
-    for _ in 0..concurrency.max(1).min(total) {
-        let (transcriber, texts, next, done_tx) = (
+    for lane in lanes(pieces, concurrency) {
+        let (transcriber, done_tx, language) = (
             Arc::clone(&transcriber),
-            Arc::clone(&texts),
-            Arc::clone(&next),
             done_tx.clone(),
+            language.to_string(),
         );
-        let language = language.to_string();
         tasks.spawn(async move {
-            loop {
-                let Some(audio) = next.lock().expect("not poisoned").pop_front() else {
-                    return;
-                };
-                // Decided when the request starts: the previous chunk's text if it is done by now.
-                let prompt = audio
-                    .index
-                    .checked_sub(1)
-                    .and_then(|prev| texts.lock().expect("not poisoned")[prev].clone())
-                    .map(|t| tail(&t, PROMPT_TAIL_CHARS))
-                    .filter(|t| !t.is_empty());
+            let mut previous: Option<String> = None;
+            for audio in lane {
+                let prompt = previous
+                    .as_deref()
+                    .map(|t| tail(t, PROMPT_TAIL_CHARS))
+                    .filter(|t| !t.trim().is_empty());
                 let result = transcriber
                     .transcribe(ChunkRequest {
                         audio: &audio,
@@ -96,14 +86,14 @@ pub async fn transcribe_all(
                         prompt,
                     })
                     .await
-                    .map(|text| {
-                        texts.lock().expect("not poisoned")[audio.index] = Some(text.text.clone());
-                        ChunkResult {
-                            start_s: audio.start_s,
-                            end_s: audio.end_s,
-                            text,
-                        }
+                    .map(|text| ChunkResult {
+                        start_s: audio.start_s,
+                        end_s: audio.end_s,
+                        text,
                     });
+                if let Ok(r) = &result {
+                    previous = Some(r.text.text.clone());
+                }
                 let failed = result.is_err();
                 if done_tx.send(result).is_err() || failed {
                     return;
@@ -137,14 +127,55 @@ pub async fn transcribe_all(
     if results.len() != total {
         return Err(Error::new(
             ErrorCode::Internal,
-            format!("only {} of {total} chunks were transcribed", results.len()),
+            format!("only {} of {total} pieces were transcribed", results.len()),
         ));
     }
     Ok(merge::merge(results, speech, language, &transcriber.name()))
+}
+
+/// Splits time-ordered pieces into at most `n` lanes of consecutive pieces, as even as can be.
+fn lanes(pieces: Vec<ChunkAudio>, n: usize) -> Vec<Vec<ChunkAudio>> {
+    let total = pieces.len();
+    let n = n.max(1).min(total.max(1));
+    let mut out: Vec<Vec<ChunkAudio>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, p) in pieces.into_iter().enumerate() {
+        out[i * n / total.max(1)].push(p);
+    }
+    out.retain(|l| !l.is_empty());
+    out
 }
 
 /// The last `n` characters of `text`.
 fn tail(text: &str, n: usize) -> String {
     let count = text.chars().count();
     text.chars().skip(count.saturating_sub(n)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(index: usize) -> ChunkAudio {
+        ChunkAudio {
+            index,
+            path: PathBuf::from(format!("piece-{index}.wav")),
+            start_s: index as f64,
+            end_s: index as f64 + 1.0,
+        }
+    }
+
+    #[test]
+    fn lanes_are_consecutive_and_even() {
+        let l = lanes((0..10).map(piece).collect(), 4);
+        let idx: Vec<Vec<usize>> = l
+            .iter()
+            .map(|l| l.iter().map(|p| p.index).collect())
+            .collect();
+        assert_eq!(
+            idx,
+            vec![vec![0, 1, 2], vec![3, 4], vec![5, 6, 7], vec![8, 9]]
+        );
+        assert_eq!(lanes((0..2).map(piece).collect(), 8).len(), 2);
+        assert!(lanes(Vec::new(), 4).is_empty());
+    }
 }

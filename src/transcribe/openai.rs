@@ -18,6 +18,7 @@ use async_openai::types::audio::{
     AudioInput, AudioResponseFormat, CreateTranscriptionRequest, TimestampGranularity,
 };
 
+use super::rate_gate::RateGate;
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::whisper_json::{self, ChunkText};
 use super::{ChunkRequest, Transcriber};
@@ -29,7 +30,7 @@ use crate::error::{Error, ErrorCode, Result};
 pub enum ResponseMode {
     /// `verbose_json` with segment timestamps (whisper-1 and compatible servers).
     Segments,
-    /// `json` with text only (gpt-4o-transcribe and newer): we send speech pieces instead.
+    /// `json` with text only (gpt-transcribe, gpt-4o-transcribe).
     Text,
 }
 
@@ -77,8 +78,10 @@ impl fmt::Debug for OpenAiConfig {
 }
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-/// whisper-1 shuts down on 2027-02-26; the model is configuration (`WHISPER_MODEL`).
-pub const DEFAULT_MODEL: &str = "whisper-1";
+/// OpenAI's transcription model for files after whisper-1 and gpt-4o-*transcribe* shut down on
+/// 2027-02-26: text only, which is all the pipeline needs (it owns the timeline). The model is
+/// configuration (`WHISPER_MODEL`).
+pub const DEFAULT_MODEL: &str = "gpt-transcribe";
 
 impl OpenAiConfig {
     /// Reads `OPENAI_API_KEY` (none: `Ok(None)`), `OPENAI_BASE_URL`, `WHISPER_MODEL`,
@@ -131,6 +134,8 @@ impl OpenAiConfig {
 pub struct OpenAiTranscriber {
     config: OpenAiConfig,
     http: reqwest::Client,
+    /// Shared by all lanes: a rate limit pauses them all.
+    gate: RateGate,
 }
 
 impl OpenAiTranscriber {
@@ -144,7 +149,11 @@ impl OpenAiTranscriber {
                     format!("cannot build the HTTP client: {e}"),
                 )
             })?;
-        Ok(OpenAiTranscriber { config, http })
+        Ok(OpenAiTranscriber {
+            config,
+            http,
+            gate: RateGate::default(),
+        })
     }
 
     /// One request. The outcome says whether another attempt may help.
@@ -267,15 +276,12 @@ impl Transcriber for OpenAiTranscriber {
         format!("openai:{}", self.config.model)
     }
 
-    fn gives_timestamps(&self) -> bool {
-        self.config.mode == ResponseMode::Segments
-    }
-
     fn transcribe<'a>(&'a self, req: ChunkRequest<'a>) -> BoxFuture<'a, Result<ChunkText>> {
         Box::pin(async move {
             let policy = self.config.retry;
             let mut attempt = 1;
             loop {
+                self.gate.wait().await;
                 let (reason, retry_after, rate_limited) = match self.attempt(&req).await {
                     Attempt::Done(text) => return Ok(text),
                     Attempt::Fail(e) => return Err(e),
@@ -298,7 +304,11 @@ impl Transcriber for OpenAiTranscriber {
                     ));
                 }
                 crate::telemetry::count_retry("whisper");
-                tokio::time::sleep(policy.backoff(attempt, retry_after)).await;
+                let pause = policy.backoff(attempt, retry_after);
+                if rate_limited {
+                    self.gate.hold(pause);
+                }
+                tokio::time::sleep(pause).await;
                 attempt += 1;
             }
         })
@@ -325,7 +335,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (c.model.as_str(), c.mode),
-            ("whisper-1", ResponseMode::Segments)
+            ("gpt-transcribe", ResponseMode::Text)
         );
         assert!(
             !format!("{c:?}").contains("sk-test-123"),
@@ -333,11 +343,11 @@ mod tests {
         );
         let c = OpenAiConfig::from_lookup(env(&[
             ("OPENAI_API_KEY", "k"),
-            ("WHISPER_MODEL", "gpt-4o-transcribe"),
+            ("WHISPER_MODEL", "whisper-1"),
         ]))
         .unwrap()
         .unwrap();
-        assert_eq!(c.mode, ResponseMode::Text);
+        assert_eq!(c.mode, ResponseMode::Segments);
         let c = OpenAiConfig::from_lookup(env(&[
             ("OPENAI_API_KEY", "k"),
             ("WHISPER_MODEL", "my-whisper"),

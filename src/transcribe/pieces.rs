@@ -1,40 +1,134 @@
-//! Speech pieces for transcription models that return text without timestamps.
+//! Single-speaker pieces: what a text-only transcription model is sent.
 //!
-//! Such models (gpt-4o-transcribe and its successors) cannot tell us where in a 10-minute chunk a
-//! sentence was said. So, like WhisperX, we send pieces of at most 30 s cut at speech-region
-//! boundaries, whose times we already know from the speech map: each reply's text belongs to its
-//! piece's span.
+//! Such models (gpt-transcribe, gpt-4o-transcribe) return text without times or speakers, so we
+//! send pieces whose time and voice we already know: each turn of the speaker timeline, cut into
+//! pieces of at most `max_s` at its deepest pauses (never inside a word: a stretch without a
+//! pause of `min_pause_s` is cut at its quietest 20 ms frame). Text-only models invent words on
+//! tiny clips, so a turn with less than `min_speech_s` of speech (a short backchannel) is not
+//! sent: it stays a timing-only turn with empty text (measured in README.md).
 
 use std::path::{Path, PathBuf};
 
 use super::ChunkAudio;
 use crate::audio::TARGET_RATE;
+use crate::diarize::TurnSpan;
 use crate::error::{Error, ErrorCode, Result};
 
-/// Longest piece sent to a text-only model.
-pub const MAX_PIECE_S: f64 = 30.0;
+/// How pieces are cut.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PieceOptions {
+    /// Longest piece (s).
+    pub max_s: f64,
+    /// Turns with less speech than this (s) are not sent.
+    pub min_speech_s: f64,
+    /// A pause this long (s) is a safe place to cut.
+    pub min_pause_s: f64,
+}
 
-/// Groups speech regions into spans of at most `max_s`; a longer region is cut into `max_s` slices.
-pub fn plan_pieces(speech: &[[f64; 2]], max_s: f64) -> Vec<[f64; 2]> {
-    let mut pieces: Vec<[f64; 2]> = Vec::new();
-    for &[start, end] in speech {
-        match pieces.last_mut() {
-            Some(p) if end - p[0] <= max_s => p[1] = end,
-            _ => {
-                let mut s = start;
-                while end - s > max_s {
-                    pieces.push([s, s + max_s]);
-                    s += max_s;
-                }
-                pieces.push([s, end]);
-            }
+impl Default for PieceOptions {
+    fn default() -> Self {
+        PieceOptions {
+            max_s: 30.0,
+            min_speech_s: 0.5,
+            min_pause_s: 0.15,
         }
     }
-    pieces
+}
+
+/// One piece to transcribe: its span and the turn it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PiecePlan {
+    pub turn: usize,
+    pub start_s: f64,
+    pub end_s: f64,
+}
+
+const FRAME_S: f64 = 0.02;
+
+/// Cuts every turn into pieces of at most `opts.max_s`; `frame_db` is the level of each 20 ms
+/// frame of the recording.
+pub fn plan_pieces(turns: &[TurnSpan], frame_db: &[f32], opts: &PieceOptions) -> Vec<PiecePlan> {
+    let quiet = quiet_threshold(frame_db);
+    let mut out = Vec::new();
+    for (i, t) in turns.iter().enumerate() {
+        if t.speech_s < opts.min_speech_s {
+            continue;
+        }
+        let mut start = t.start_s;
+        while t.end_s - start > opts.max_s {
+            let cut = best_cut(frame_db, quiet, start, t.end_s, opts);
+            out.push(PiecePlan {
+                turn: i,
+                start_s: start,
+                end_s: cut,
+            });
+            start = cut;
+        }
+        out.push(PiecePlan {
+            turn: i,
+            start_s: start,
+            end_s: t.end_s,
+        });
+    }
+    out
+}
+
+/// Frames at or below this level are pauses: a third of the way from the noise floor (5th
+/// percentile) to the speech level (90th percentile), and at least 15 dB below speech.
+fn quiet_threshold(frame_db: &[f32]) -> f32 {
+    let mut sorted: Vec<f32> = frame_db.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let at = |q: f64| {
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * q) as usize)
+            .copied()
+    };
+    match (at(0.05), at(0.90)) {
+        (Some(floor), Some(speech)) => (floor + (speech - floor) / 3.0).min(speech - 15.0),
+        _ => f32::NEG_INFINITY,
+    }
+}
+
+/// Where to end a piece that starts at `start` in a turn ending at `end`: the middle of the
+/// longest pause in the last two thirds of the allowed span; without a pause of `min_pause_s`
+/// there, its quietest frame.
+fn best_cut(frame_db: &[f32], quiet: f32, start: f64, end: f64, opts: &PieceOptions) -> f64 {
+    let frame = |t: f64| ((t / FRAME_S).floor().max(0.0) as usize).min(frame_db.len());
+    let lo = frame(start + opts.max_s / 3.0);
+    let hi = frame((start + opts.max_s).min(end - opts.min_speech_s));
+    if lo >= hi {
+        // no levels there (a test, a recording shorter than its map): cut at the limit
+        return (start + opts.max_s).min(end);
+    }
+    let mut best: Option<(usize, usize)> = None; // (length, middle frame)
+    let mut k = lo;
+    while k < hi {
+        if frame_db[k] > quiet {
+            k += 1;
+            continue;
+        }
+        let mut e = k;
+        while e < hi && frame_db[e] <= quiet {
+            e += 1;
+        }
+        if best.is_none_or(|(len, _)| e - k >= len) {
+            best = Some((e - k, (k + e) / 2));
+        }
+        k = e;
+    }
+    let min_frames = (opts.min_pause_s / FRAME_S).round() as usize;
+    let at = match best {
+        Some((len, middle)) if len >= min_frames => middle,
+        _ => (lo..hi)
+            .min_by(|&a, &b| frame_db[a].total_cmp(&frame_db[b]))
+            .unwrap_or(hi),
+    };
+    // the middle of the chosen frame; always moves forward
+    ((at as f64 + 0.5) * FRAME_S).clamp(start + FRAME_S, start + opts.max_s)
 }
 
 /// Writes each piece of the 16 kHz WAV `pcm_wav` as its own WAV file in `dir`.
-pub fn write_pieces(pcm_wav: &Path, pieces: &[[f64; 2]], dir: &Path) -> Result<Vec<ChunkAudio>> {
+pub fn write_pieces(pcm_wav: &Path, pieces: &[PiecePlan], dir: &Path) -> Result<Vec<ChunkAudio>> {
     let wav_err = |e: hound::Error| {
         Error::new(
             ErrorCode::Internal,
@@ -45,7 +139,8 @@ pub fn write_pieces(pcm_wav: &Path, pieces: &[[f64; 2]], dir: &Path) -> Result<V
     let spec = reader.spec();
     let total = reader.duration();
     let mut out = Vec::with_capacity(pieces.len());
-    for (index, &[start_s, end_s]) in pieces.iter().enumerate() {
+    for (index, p) in pieces.iter().enumerate() {
+        let (start_s, end_s) = (p.start_s, p.end_s);
         let first = ((start_s * f64::from(TARGET_RATE)) as u32).min(total);
         let last = ((end_s * f64::from(TARGET_RATE)).ceil() as u32).min(total);
         reader
@@ -73,21 +168,67 @@ pub fn write_pieces(pcm_wav: &Path, pieces: &[[f64; 2]], dir: &Path) -> Result<V
 mod tests {
     use super::*;
 
+    fn turn(a: f64, b: f64, speech_s: f64) -> TurnSpan {
+        TurnSpan {
+            start_s: a,
+            end_s: b,
+            voice: 0,
+            speech_s,
+            confidence: 1.0,
+        }
+    }
+
+    /// 20 ms levels: speech at -20 dB with silent frames (-90 dB) at the given times.
+    fn levels(total_s: f64, pauses: &[(f64, f64)]) -> Vec<f32> {
+        (0..(total_s / FRAME_S) as usize)
+            .map(|i| {
+                let t = (i as f64 + 0.5) * FRAME_S;
+                if pauses.iter().any(|&(a, b)| t >= a && t < b) {
+                    -90.0
+                } else {
+                    -20.0 + (i % 7) as f32
+                }
+            })
+            .collect()
+    }
+
     #[test]
-    fn pieces_group_regions_up_to_the_limit() {
-        let speech = [[1.0, 5.0], [6.0, 20.0], [22.0, 40.0], [41.0, 105.0]];
-        let pieces = plan_pieces(&speech, 30.0);
-        assert_eq!(
-            pieces,
-            vec![
-                [1.0, 20.0],
-                [22.0, 40.0],
-                [41.0, 71.0],
-                [71.0, 101.0],
-                [101.0, 105.0]
-            ]
+    fn short_turns_are_one_piece_and_backchannels_none() {
+        let turns = [
+            turn(0.0, 10.0, 9.0),
+            turn(10.0, 10.4, 0.4),
+            turn(11.0, 12.0, 1.0),
+        ];
+        let p = plan_pieces(&turns, &levels(12.0, &[]), &PieceOptions::default());
+        let spans: Vec<(usize, f64, f64)> =
+            p.iter().map(|p| (p.turn, p.start_s, p.end_s)).collect();
+        assert_eq!(spans, vec![(0, 0.0, 10.0), (2, 11.0, 12.0)]);
+    }
+
+    #[test]
+    fn long_turns_are_cut_in_their_longest_pause() {
+        // pauses of 60 ms at 12 s, 300 ms at 20 s, 160 ms at 27 s: the longest wins
+        let db = levels(
+            70.0,
+            &[(12.0, 12.06), (20.0, 20.3), (27.0, 27.16), (48.0, 48.2)],
         );
-        assert!(pieces.iter().all(|p| p[1] - p[0] <= 30.0));
+        let p = plan_pieces(&[turn(0.0, 70.0, 69.0)], &db, &PieceOptions::default());
+        assert!(
+            p.iter().all(|p| p.end_s - p.start_s <= 30.0 + 1e-9),
+            "{p:?}"
+        );
+        assert!((p[0].end_s - 20.15).abs() < 0.03, "{p:?}");
+        assert!((p[1].end_s - 48.11).abs() < 0.03, "{p:?}");
+        assert_eq!((p[2].start_s, p[2].end_s), (p[1].end_s, 70.0));
+    }
+
+    #[test]
+    fn without_a_pause_the_quietest_frame_is_the_cut() {
+        let mut db = levels(40.0, &[(5.0, 5.1)]); // a pause, but too early to use
+        db[(22.0 / FRAME_S) as usize] = -40.0; // a dip inside speech
+        let p = plan_pieces(&[turn(0.0, 40.0, 40.0)], &db, &PieceOptions::default());
+        assert_eq!(p.len(), 2);
+        assert!((p[0].end_s - 22.01).abs() < 0.02, "{p:?}");
     }
 
     #[test]
@@ -105,7 +246,19 @@ mod tests {
             w.write_sample((i % 1000) as i16).unwrap();
         }
         w.finalize().unwrap();
-        let pieces = write_pieces(&wav, &[[0.5, 1.0], [2.0, 3.0]], dir.path()).unwrap();
+        let plan = [
+            PiecePlan {
+                turn: 0,
+                start_s: 0.5,
+                end_s: 1.0,
+            },
+            PiecePlan {
+                turn: 1,
+                start_s: 2.0,
+                end_s: 3.0,
+            },
+        ];
+        let pieces = write_pieces(&wav, &plan, dir.path()).unwrap();
         assert_eq!(pieces.len(), 2);
         assert_eq!((pieces[1].start_s, pieces[1].end_s), (2.0, 3.0));
         let r = hound::WavReader::open(&pieces[1].path).unwrap();

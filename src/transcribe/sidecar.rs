@@ -1,12 +1,16 @@
 //! A transcriber that reads a Whisper `verbose_json` file of the whole recording, so recordings
-//! replay offline with the same pipeline. Each chunk gets the segments that start inside it, with
-//! times made relative to the chunk, exactly as the API would have answered.
+//! replay offline with the same pipeline. Each piece gets the words of the segments that fall
+//! inside it: a segment that spans several pieces is split by time, at the nearest sentence,
+//! clause or word boundary (by character share for Japanese), the same cut for both neighbours,
+//! so no text is lost or doubled at piece edges.
 
 use std::path::{Path, PathBuf};
 
 use super::whisper_json::{self, ChunkText};
 use super::{ChunkRequest, Transcriber};
 use crate::BoxFuture;
+use crate::conversation::Segment;
+use crate::diarize::segment::cut_position;
 use crate::error::{Error, ErrorCode, Result};
 
 pub struct SidecarTranscriber {
@@ -61,28 +65,15 @@ impl Transcriber for SidecarTranscriber {
         )
     }
 
-    fn gives_timestamps(&self) -> bool {
-        true
-    }
-
     fn transcribe<'a>(&'a self, req: ChunkRequest<'a>) -> BoxFuture<'a, Result<ChunkText>> {
         let (start, end) = (req.audio.start_s, req.audio.end_s);
         let segments: Vec<_> = self
             .whole
             .segments
             .iter()
-            .filter(|s| s.start_s >= start && s.start_s < end)
-            .map(|s| crate::conversation::Segment {
-                start_s: s.start_s - start,
-                end_s: s.end_s - start,
-                ..s.clone()
-            })
+            .filter_map(|s| part_inside(s, start, end))
             .collect();
-        let text = segments
-            .iter()
-            .map(|s| s.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let text = crate::diarize::turns::join_text(segments.iter().map(|s| s.text.as_str()));
         Box::pin(async move {
             Ok(ChunkText {
                 text,
@@ -90,5 +81,86 @@ impl Transcriber for SidecarTranscriber {
                 language: self.whole.language.clone(),
             })
         })
+    }
+}
+
+/// The part of `seg` said between `start` and `end` (times relative to `start`), if any: its text
+/// cut at the fractions of its duration where the span begins and ends.
+fn part_inside(seg: &Segment, start: f64, end: f64) -> Option<Segment> {
+    let (a, b) = (seg.start_s.max(start), seg.end_s.min(end));
+    let len = seg.end_s - seg.start_s;
+    if len <= 0.0 {
+        // a point in time: it belongs to the piece it lies in
+        return (seg.start_s >= start && seg.start_s < end).then(|| Segment {
+            start_s: seg.start_s - start,
+            end_s: seg.end_s - start,
+            ..seg.clone()
+        });
+    }
+    if b <= a {
+        return None;
+    }
+    let text = seg.text.trim();
+    let chars: Vec<char> = text.chars().collect();
+    let from = if a <= seg.start_s {
+        0
+    } else {
+        cut_position(text, (a - seg.start_s) / len)
+    };
+    let to = if b >= seg.end_s {
+        chars.len()
+    } else {
+        cut_position(text, (b - seg.start_s) / len)
+    };
+    let part: String = chars[from..to.max(from)].iter().collect();
+    let part = part.trim();
+    (!part.is_empty()).then(|| Segment {
+        start_s: a - start,
+        end_s: b - start,
+        text: part.to_string(),
+        ..seg.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(a: f64, b: f64, text: &str) -> Segment {
+        Segment {
+            start_s: a,
+            end_s: b,
+            text: text.into(),
+            no_speech_prob: None,
+            avg_logprob: None,
+            speaker_label: None,
+        }
+    }
+
+    #[test]
+    fn a_segment_split_across_pieces_loses_and_doubles_nothing() {
+        let s = seg(
+            10.0,
+            20.0,
+            "I keep putting it off. It is due on Friday and I have not started.",
+        );
+        let cuts = [0.0, 13.0, 16.5, 30.0];
+        let parts: Vec<String> = cuts
+            .windows(2)
+            .filter_map(|w| part_inside(&s, w[0], w[1]).map(|p| p.text))
+            .collect();
+        assert_eq!(parts.join(" "), s.text);
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert_eq!(parts[0], "I keep putting it off.");
+        assert!(part_inside(&s, 20.0, 25.0).is_none());
+    }
+
+    #[test]
+    fn japanese_splits_by_character_share() {
+        let s = seg(0.0, 4.0, "今日は、仕事のことを話したいです。");
+        let a = part_inside(&s, 0.0, 1.0).unwrap().text;
+        let b = part_inside(&s, 1.0, 4.0).unwrap().text;
+        assert_eq!(format!("{a}{b}"), s.text);
+        assert_eq!(a, "今日は、");
     }
 }

@@ -7,7 +7,9 @@ pub mod faulty;
 pub mod postgres;
 pub mod postgrest;
 pub mod s3;
+pub mod scoring;
 pub mod servers;
+pub mod truth;
 
 use std::path::{Path, PathBuf};
 

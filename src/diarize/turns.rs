@@ -1,0 +1,257 @@
+//! Turns: runs of one voice on the speaker timeline, with the text transcribed inside them, and
+//! which voice is the coach.
+
+use super::roles;
+use super::timeline::{SpeakerTimeline, VoiceSpan};
+use crate::conversation::{Speaker, Transcript, Turn};
+
+/// One voice's run of speech: its spans, joined over pauses up to `max_pause_in_turn_s`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TurnSpan {
+    pub start_s: f64,
+    pub end_s: f64,
+    pub voice: u8,
+    /// Seconds of speech in it (the pauses left out).
+    pub speech_s: f64,
+    /// Mean label confidence of its spans, weighted by their length.
+    pub confidence: f32,
+}
+
+/// The diariser's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diarization {
+    /// Time-ordered, on the original timeline, with the transcript's text.
+    pub turns: Vec<Turn>,
+    /// 1 or 2.
+    pub speakers_found: usize,
+    pub method: String,
+}
+
+/// Joins consecutive spans of one voice separated by at most `max_pause_s`.
+pub fn group_turns(spans: &[VoiceSpan], max_pause_s: f64) -> Vec<TurnSpan> {
+    let mut turns: Vec<TurnSpan> = Vec::new();
+    for s in spans {
+        let len = s.end_s - s.start_s;
+        match turns.last_mut() {
+            Some(t) if t.voice == s.voice && s.start_s - t.end_s <= max_pause_s + 1e-9 => {
+                let total = t.speech_s + len;
+                t.confidence = (t.confidence * t.speech_s as f32 + s.confidence * len as f32)
+                    / total.max(1e-9) as f32;
+                t.end_s = s.end_s;
+                t.speech_s = total;
+            }
+            _ => turns.push(TurnSpan {
+                start_s: s.start_s,
+                end_s: s.end_s,
+                voice: s.voice,
+                speech_s: len,
+                confidence: s.confidence,
+            }),
+        }
+    }
+    turns
+}
+
+/// Gives each transcript segment to the turn it lies in (by its midpoint; the nearest turn when
+/// it lies in a pause) and decides the roles from the words.
+pub fn label_turns(
+    timeline: &SpeakerTimeline,
+    turns: &[TurnSpan],
+    transcript: &Transcript,
+) -> Diarization {
+    let mut texts: Vec<Vec<(f64, &str)>> = vec![Vec::new(); turns.len()];
+    for seg in transcript
+        .segments
+        .iter()
+        .filter(|s| !s.text.trim().is_empty())
+    {
+        let mid = 0.5 * (seg.start_s + seg.end_s);
+        let distance = |t: &TurnSpan| (t.start_s - mid).max(mid - t.end_s).max(0.0);
+        if let Some(i) =
+            (0..turns.len()).min_by(|&a, &b| distance(&turns[a]).total_cmp(&distance(&turns[b])))
+        {
+            texts[i].push((seg.start_s, seg.text.as_str()));
+        }
+    }
+    let texts: Vec<String> = texts
+        .into_iter()
+        .map(|mut parts| {
+            parts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            join_text(parts.into_iter().map(|p| p.1))
+        })
+        .collect();
+    let roles = if timeline.speakers_found == 2 {
+        roles::assign(&role_cues(turns, &texts))
+    } else {
+        roles::Roles {
+            coach: None,
+            confidence: 0.0,
+            score: 0.0,
+        }
+    };
+    let turns = turns
+        .iter()
+        .zip(texts)
+        .map(|(t, text)| {
+            let (speaker, confidence) = match roles.coach {
+                Some(c) if usize::from(t.voice) == c => (
+                    Speaker::Coach,
+                    roles.confidence * (0.5 + 0.5 * t.confidence),
+                ),
+                Some(_) => (
+                    Speaker::Client,
+                    roles.confidence * (0.5 + 0.5 * t.confidence),
+                ),
+                None => (Speaker::Unknown, 0.0),
+            };
+            Turn {
+                start_s: t.start_s,
+                end_s: t.end_s,
+                speaker,
+                text,
+                confidence,
+            }
+        })
+        .collect();
+    Diarization {
+        turns,
+        speakers_found: timeline.speakers_found,
+        method: timeline.method.clone(),
+    }
+}
+
+fn role_cues(turns: &[TurnSpan], texts: &[String]) -> roles::RoleCues {
+    let mut cues = roles::RoleCues::default();
+    for (t, text) in turns.iter().zip(texts) {
+        let k = usize::from(t.voice.min(1));
+        cues.talk_s[k] += t.speech_s;
+        if !text.is_empty() {
+            cues.turns_with_text[k] += 1;
+            cues.question_turns[k] += usize::from(roles::is_question(text));
+        }
+    }
+    cues.first = turns.first().map(|t| usize::from(t.voice.min(1)));
+    cues
+}
+
+/// Joins pieces of text: with a space, or without one between pieces of Japanese/Chinese.
+pub fn join_text<'a>(parts: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for p in parts.map(str::trim).filter(|p| !p.is_empty()) {
+        let cjk_join = out.chars().last().is_some_and(roles::is_cjk)
+            && p.chars().next().is_some_and(roles::is_cjk);
+        if !out.is_empty() && !cjk_join {
+            out.push(' ');
+        }
+        out.push_str(p);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conversation::Segment;
+
+    fn span(a: f64, b: f64, voice: u8) -> VoiceSpan {
+        VoiceSpan {
+            start_s: a,
+            end_s: b,
+            voice,
+            confidence: 1.0,
+        }
+    }
+
+    fn seg(a: f64, b: f64, text: &str) -> Segment {
+        Segment {
+            start_s: a,
+            end_s: b,
+            text: text.into(),
+            no_speech_prob: None,
+            avg_logprob: None,
+            speaker_label: None,
+        }
+    }
+
+    #[test]
+    fn turns_join_one_voice_over_short_pauses_only() {
+        let spans = [
+            span(0.0, 1.0, 0),
+            span(1.5, 2.0, 0),
+            span(2.0, 5.0, 1),
+            span(8.0, 9.0, 1),
+        ];
+        let turns = group_turns(&spans, 2.0);
+        let bounds: Vec<(f64, f64, u8)> = turns
+            .iter()
+            .map(|t| (t.start_s, t.end_s, t.voice))
+            .collect();
+        assert_eq!(bounds, vec![(0.0, 2.0, 0), (2.0, 5.0, 1), (8.0, 9.0, 1)]);
+        assert!((turns[0].speech_s - 1.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn text_goes_to_its_turn_and_the_questioner_is_the_coach() {
+        let timeline = SpeakerTimeline {
+            spans: vec![
+                span(0.0, 2.0, 1),
+                span(2.0, 9.0, 0),
+                span(9.5, 11.0, 1),
+                span(11.5, 20.0, 0),
+            ],
+            speakers_found: 2,
+            method: "test".into(),
+            frame_db: Vec::new(),
+        };
+        let turns = group_turns(&timeline.spans, 0.2);
+        let t = Transcript {
+            language: "en".into(),
+            source: "test".into(),
+            segments: vec![
+                seg(0.0, 2.0, "How was your week?"),
+                seg(2.0, 5.0, "Busy, but good."),
+                seg(5.0, 9.0, "I planned every morning."),
+                seg(9.5, 11.0, "What helped most?"),
+                seg(11.5, 20.0, "Writing the plan down."),
+            ],
+        };
+        let d = label_turns(&timeline, &turns, &t);
+        let who: Vec<Speaker> = d.turns.iter().map(|t| t.speaker).collect();
+        assert_eq!(
+            who,
+            vec![
+                Speaker::Coach,
+                Speaker::Client,
+                Speaker::Coach,
+                Speaker::Client
+            ]
+        );
+        assert_eq!(d.turns[1].text, "Busy, but good. I planned every morning.");
+    }
+
+    #[test]
+    fn one_voice_gives_unknown_roles() {
+        let timeline = SpeakerTimeline {
+            spans: vec![span(0.0, 2.0, 0), span(3.0, 4.0, 0)],
+            speakers_found: 1,
+            method: "test".into(),
+            frame_db: Vec::new(),
+        };
+        let turns = group_turns(&timeline.spans, 0.5);
+        let d = label_turns(&timeline, &turns, &Transcript::default());
+        assert_eq!(d.turns.len(), 2);
+        assert!(
+            d.turns
+                .iter()
+                .all(|t| t.speaker == Speaker::Unknown && t.text.is_empty())
+        );
+    }
+
+    #[test]
+    fn japanese_text_joins_without_spaces() {
+        assert_eq!(
+            join_text(["今日は。", "よろしく", "Hello", "there"].into_iter()),
+            "今日は。よろしく Hello there"
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! Who said what, end to end: every scripted conversation with a truth file (fixtures/dialogues,
+//! fixtures/conversations) through the very `pipeline::run` the daemon uses, with a
+//! transcription fake that hears only the audio it is sent (tests/common/truth.rs), once
+//! text-only (gpt-transcribe) and once with segment times (whisper-1).
+//!
+//! `cargo test --test speakers -- --nocapture` prints, per set, DER (10 ms grid, 0.25 s collar),
+//! attribution, text recall and precision, roles, piece edges inside words and the share of
+//! pieces sent with the preceding text as their prompt.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use audio_worker::BoxFuture;
+use audio_worker::pipeline::{self, PipelineJob, PipelineOptions, Ports, Progress, ProgressSink};
+use audio_worker::replay::LocalFile;
+use common::scoring::{self, TextScore};
+use common::truth::{Truth, TruthTranscriber};
+
+struct Quiet;
+
+impl ProgressSink for Quiet {
+    fn report<'a>(&'a self, _: Progress) -> BoxFuture<'a, audio_worker::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// One conversation's audio, reference turns and truth.
+struct Case {
+    name: String,
+    audio: PathBuf,
+    rttm: PathBuf,
+    truth: PathBuf,
+}
+
+fn cases(dir: &str, prefix: &str) -> Vec<Case> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(dir);
+    let mut out: Vec<Case> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            let name = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".truth.json")?
+                .to_string();
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            let audio = ["opus", "flac", "wav"]
+                .iter()
+                .map(|ext| dir.join(format!("{name}.{ext}")))
+                .find(|a| a.exists())?;
+            Some(Case {
+                rttm: dir.join(format!("{name}.rttm")),
+                truth: p,
+                audio,
+                name,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    assert!(!out.is_empty(), "no cases {prefix}* in {}", dir.display());
+    out
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+struct Row {
+    case: String,
+    der: f64,
+    text: TextScore,
+    speakers: usize,
+    pieces: usize,
+    with_context: usize,
+    cuts_in_words: usize,
+}
+
+async fn run_case(case: &Case, segments: bool) -> Row {
+    let truth = Truth::load(&case.truth);
+    let transcriber = Arc::new(TruthTranscriber::new(&case.audio, &truth, segments));
+    let ports = Ports {
+        source: Arc::new(LocalFile(case.audio.clone())),
+        transcriber: transcriber.clone(),
+        analyzer: None,
+        progress: Arc::new(Quiet),
+    };
+    let job = PipelineJob {
+        session_id: case.name.clone(),
+        language: truth.language.clone(),
+    };
+    let result = pipeline::run(&job, &ports, &PipelineOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let reference = scoring::read_rttm(&std::fs::read_to_string(&case.rttm).unwrap());
+    let requests = transcriber.requests.lock().unwrap().clone();
+    let edges: Vec<f64> = requests.iter().flat_map(|r| [r.start_s, r.end_s]).collect();
+    Row {
+        case: case.name.clone(),
+        der: scoring::der(&reference, &scoring::turns_to_spans(&result.turns)),
+        text: scoring::text_score(&truth, &result.turns),
+        speakers: result.speakers_found,
+        pieces: requests.len(),
+        with_context: requests.iter().filter(|r| r.prompt.is_some()).count(),
+        cuts_in_words: scoring::cuts_inside_words(&truth.words(), &edges),
+    }
+}
+
+fn print_table(set: &str, mode: &str, rows: &[Row]) {
+    println!("\n{set}, {mode}:");
+    println!(
+        "| case | DER | attribution | recall | precision | roles | speakers | pieces (with context) | cuts in words |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.1} % | {:.1} % | {:.1} % | {:.1} % | {} | {} | {} ({}) | {} |",
+            r.case,
+            100.0 * r.der,
+            100.0 * r.text.attribution,
+            100.0 * r.text.recall,
+            100.0 * r.text.precision,
+            if r.text.roles_right { "right" } else { "WRONG" },
+            r.speakers,
+            r.pieces,
+            r.with_context,
+            r.cuts_in_words
+        );
+    }
+}
+
+/// Limits a set must meet, both modes.
+struct Targets {
+    max_der: f64,
+    min_attribution: f64,
+    min_recall: f64,
+    min_precision: f64,
+    /// Cases whose roles may come out wrong.
+    role_errors: usize,
+}
+
+async fn check_set(set: &str, dir: &str, prefix: &str, t: Targets) {
+    let cases = cases(dir, prefix);
+    let mut failures = Vec::new();
+    for (mode, segments) in [
+        ("text-only (gpt-transcribe)", false),
+        ("segments (whisper-1)", true),
+    ] {
+        let mut rows = Vec::new();
+        for case in &cases {
+            rows.push(run_case(case, segments).await);
+        }
+        print_table(set, mode, &rows);
+        for r in &rows {
+            let mut bad = |what: String| failures.push(format!("{} [{mode}]: {what}", r.case));
+            if r.der > t.max_der {
+                bad(format!(
+                    "DER {:.1} % > {:.0} %",
+                    100.0 * r.der,
+                    100.0 * t.max_der
+                ));
+            }
+            if r.text.attribution < t.min_attribution {
+                bad(format!("attribution {:.1} %", 100.0 * r.text.attribution));
+            }
+            if r.text.recall < t.min_recall {
+                bad(format!("recall {:.1} %", 100.0 * r.text.recall));
+            }
+            if r.text.precision < t.min_precision {
+                bad(format!("precision {:.1} %", 100.0 * r.text.precision));
+            }
+        }
+        let wrong = rows.iter().filter(|r| !r.text.roles_right).count();
+        if wrong > t.role_errors {
+            failures.push(format!(
+                "{set} [{mode}]: roles wrong in {wrong} of {}",
+                rows.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{set}:\n{}", failures.join("\n"));
+}
+
+const CLEAR: Targets = Targets {
+    max_der: 0.10,
+    min_attribution: 0.95,
+    min_recall: 0.98,
+    min_precision: 0.98,
+    role_errors: 0,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn espeak_dialogues() {
+    check_set("espeak-ng dialogues", "dialogues", "", CLEAR).await;
+}
+
+/// Similar voices and telephone-band audio.
+const HARD: Targets = Targets {
+    max_der: 0.20,
+    min_attribution: 0.95,
+    min_recall: 0.98,
+    min_precision: 0.98,
+    role_errors: 0,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn espeak_conversations() {
+    check_set("espeak-ng conversations", "conversations", "espeak-", HARD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mbrola_conversations() {
+    check_set("MBROLA conversations", "conversations", "mbrola-", HARD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_jtalk_clearly_different_voices() {
+    check_set(
+        "open-jtalk, different voices",
+        "conversations",
+        "jtalk-clear-",
+        CLEAR,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_jtalk_similar_voices() {
+    check_set(
+        "open-jtalk, similar voices",
+        "conversations",
+        "jtalk-similar-",
+        HARD,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telephone_band() {
+    check_set("telephone band (GSM)", "conversations", "phone-", HARD).await;
+}
