@@ -72,8 +72,22 @@ pub fn from_features(
     stats.windows = windows.z.len();
     let (units, unit_of_block) = speech_units(&in_speech, feats.block_s);
     let window_unit: Vec<Option<u32>> = windows.block.iter().map(|&b| unit_of_block[b]).collect();
-    let first = first_split(blocks, &units, &windows, &window_unit, opts);
-    let split = refine(&windows, &window_unit, units.len(), first);
+    // Two starts, the better kept: 2-means on all features (finds most pairs), and a split at the
+    // median pitch (when the voices differ mainly in pitch, 2-means can split sentence types).
+    let split = [
+        first_split(blocks, &units, &windows, &window_unit, opts),
+        pitch_split(&windows),
+    ]
+    .into_iter()
+    .map(|first| refine(&windows, &window_unit, units.len(), first))
+    .max_by(|a, b| {
+        split_quality(&windows, &window_unit, a).total_cmp(&split_quality(
+            &windows,
+            &window_unit,
+            b,
+        ))
+    })
+    .expect("two candidates");
     let two =
         opts.expected_speakers >= 2 && two_voices(&windows, &window_unit, &split, opts, &mut stats);
     let (labels, margins) = label_blocks(
@@ -182,6 +196,35 @@ fn first_split(
             .collect();
     }
     cluster::two_means(&windows.z).map_or_else(Vec::new, |km| km.labels)
+}
+
+/// Windows above the weighted median pitch against those below.
+fn pitch_split(windows: &Windows) -> Vec<u8> {
+    let pitch: Vec<f32> = (0..windows.raw.len())
+        .map(|i| windows.raw.get(i)[N_FEAT - 1])
+        .collect();
+    let mut order: Vec<usize> = (0..pitch.len()).collect();
+    order.sort_by(|&a, &b| pitch[a].total_cmp(&pitch[b]));
+    let total: f32 = windows.raw.weight.iter().sum();
+    let (mut acc, mut median) = (0.0, f32::NEG_INFINITY);
+    for &i in &order {
+        acc += windows.raw.weight[i];
+        if acc >= total / 2.0 {
+            median = pitch[i];
+            break;
+        }
+    }
+    pitch.iter().map(|&p| u8::from(p > median)).collect()
+}
+
+/// How well a split holds up: its cross-validated separation (0 when it cannot be measured).
+fn split_quality(windows: &Windows, window_unit: &[Option<u32>], split: &Split) -> f64 {
+    if split.model.is_none() {
+        return 0.0;
+    }
+    cv_separation(&windows.z, &split.unit_labels, window_unit)
+        .0
+        .unwrap_or(0.0)
 }
 
 /// A linear discriminant trained on the labels (it finds the direction that tells the voices

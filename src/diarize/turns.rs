@@ -81,7 +81,13 @@ pub fn label_turns(
         })
         .collect();
     let roles = if timeline.speakers_found == 2 {
-        roles::assign(&role_cues(turns, &texts))
+        // two voices: never a whole session "unknown"; on a tie the weaker evidence decides,
+        // with the low confidence it deserves
+        let r = roles::assign(&role_cues(turns, &texts));
+        roles::Roles {
+            coach: r.coach.or(Some(usize::from(r.score < 0.0))),
+            ..r
+        }
     } else {
         roles::Roles {
             coach: None,
