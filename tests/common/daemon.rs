@@ -72,7 +72,8 @@ impl Stack {
         s3.put(BUCKET, "elsewhere/clear.flac", &clear);
         let supabase = PostgrestOnPostgres::start(SERVICE_KEY).await;
         let whisper = fakes::whisper(
-            &super::fixture("dialogues/clear.transcript.json"),
+            &super::fixture("dialogues/clear.flac"),
+            &super::fixture("dialogues/clear.truth.json"),
             whisper_delay,
         )
         .await;
@@ -108,7 +109,7 @@ impl Stack {
             ("SUPABASE_SERVICE_KEY", SERVICE_KEY.into()),
             ("OPENAI_API_KEY", OPENAI_KEY.into()),
             ("OPENAI_BASE_URL", format!("{whisper}/v1")),
-            ("WHISPER_MODEL", "whisper-1".into()),
+            ("WHISPER_MODEL", fakes::WHISPER_MODEL.into()),
             ("GOOGLE_API_KEY", GOOGLE_KEY.into()),
             ("GEMINI_BASE_URL", gemini),
             ("GEMINI_MODEL", GEMINI_MODEL.into()),
@@ -198,10 +199,10 @@ impl Stack {
             if depth == want {
                 return;
             }
-            assert!(
-                start.elapsed() < timeout,
-                "queue depth {depth:?}, want {want:?}"
-            );
+            if start.elapsed() >= timeout {
+                let dead = queue.dead_letters(100).await.unwrap_or_default();
+                panic!("queue depth {depth:?}, want {want:?}; dead letters: {dead:?}");
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

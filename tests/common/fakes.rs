@@ -14,10 +14,14 @@ pub const GOOGLE_KEY: &str = "google-test-FAKE-SECRET";
 pub const GEMINI_MODEL: &str = "gemini-test";
 pub const WHISPER_PATH: &str = "/v1/audio/transcriptions";
 
-/// A Whisper that answers every chunk with the `verbose_json` transcript in `transcript` (the
-/// fixture recordings are shorter than one chunk), after `delay`.
-pub async fn whisper(transcript: &Path, delay: Duration) -> MockServer {
-    let body: Value = serde_json::from_slice(&std::fs::read(transcript).unwrap()).unwrap();
+/// The transcription model the daemon tests run (the product's default, text only).
+pub const WHISPER_MODEL: &str = "gpt-transcribe";
+
+/// OpenAI's transcription endpoint for one recording: it hears only the audio it is sent (the
+/// piece is found in `recording` by its samples, see `truth.rs`) and answers the words of
+/// `truth` spoken inside it, as `json` (text only) or `verbose_json` (segments) as asked, after
+/// `delay`.
+pub async fn whisper(recording: &Path, truth: &Path, delay: Duration) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(WHISPER_PATH))
@@ -25,23 +29,76 @@ pub async fn whisper(transcript: &Path, delay: Duration) -> MockServer {
             "authorization",
             format!("Bearer {OPENAI_KEY}").as_str(),
         ))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(body)
-                .set_delay(delay),
-        )
+        .respond_with(HearsOnlyThePiece {
+            recording: super::truth::Recording::prepare(recording),
+            words: super::truth::Truth::load(truth).words(),
+            delay,
+        })
         .mount(&server)
         .await;
     // `audio-worker check` asks whether the model exists (GET /v1/models/{model}).
     Mock::given(method("GET"))
-        .and(path("/v1/models/whisper-1"))
-        .and(header("authorization", format!("Bearer {OPENAI_KEY}").as_str()))
+        .and(path(format!("/v1/models/{WHISPER_MODEL}")))
+        .and(header(
+            "authorization",
+            format!("Bearer {OPENAI_KEY}").as_str(),
+        ))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "id": "whisper-1", "object": "model", "created": 1677532384, "owned_by": "openai-internal"
+            "id": WHISPER_MODEL, "object": "model", "created": 1677532384, "owned_by": "system"
         })))
         .mount(&server)
         .await;
     server
+}
+
+struct HearsOnlyThePiece {
+    recording: super::truth::Recording,
+    words: Vec<super::truth::Word>,
+    delay: Duration,
+}
+
+impl wiremock::Respond for HearsOnlyThePiece {
+    fn respond(&self, req: &wiremock::Request) -> ResponseTemplate {
+        let Some(samples) = uploaded_wav(&req.body) else {
+            return ResponseTemplate::new(400).set_body_json(
+                json!({"error": {"message": "Invalid file format.", "type": "invalid_request_error", "param": "file", "code": null}}),
+            );
+        };
+        let Some((start, end)) = self.recording.locate(&samples) else {
+            // audio this fake never heard: a server that cannot understand it says nothing
+            return ResponseTemplate::new(200)
+                .set_body_json(json!({"text": ""}))
+                .set_delay(self.delay);
+        };
+        let heard = super::truth::heard(&self.words, start, end);
+        let text = super::truth::join_words(heard.iter().copied());
+        let verbose = String::from_utf8_lossy(&req.body).contains("verbose_json");
+        let body = if verbose {
+            let segments: Vec<Value> = heard
+                .iter()
+                .enumerate()
+                .map(|(i, w)| json!({"id": i, "seek": 0, "start": (w.start_s - start).max(0.0), "end": (w.end_s - start).min(end - start), "text": format!(" {}", w.text), "tokens": [], "temperature": 0.0, "avg_logprob": -0.2, "compression_ratio": 1.2, "no_speech_prob": 0.01}))
+                .collect();
+            json!({"task": "transcribe", "language": "english", "duration": end - start, "text": text, "segments": segments})
+        } else {
+            json!({"text": text, "usage": {"type": "duration", "seconds": (end - start).ceil()}})
+        };
+        ResponseTemplate::new(200)
+            .set_body_json(body)
+            .set_delay(self.delay)
+    }
+}
+
+/// The WAV file inside a multipart upload, as samples.
+fn uploaded_wav(body: &[u8]) -> Option<Vec<i16>> {
+    let at = body.windows(4).position(|w| w == b"RIFF")?;
+    let size = u32::from_le_bytes(body.get(at + 4..at + 8)?.try_into().ok()?) as usize;
+    let wav = body.get(at..at + 8 + size)?;
+    let reader = hound::WavReader::new(std::io::Cursor::new(wav)).ok()?;
+    reader
+        .into_samples::<i16>()
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
 }
 
 /// OPENAI_BASE_URL for a fake.
