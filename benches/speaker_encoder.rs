@@ -14,7 +14,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use audio_worker::audio::decode::{DecodeLimits, decode_file};
 use audio_worker::speakers::embed::{SpeakerEncoder, default_model_path, load_ge2e};
 
-const WINDOWS: usize = 64;
+const WINDOWS: usize = 128;
 
 fn windows() -> Vec<Vec<f32>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/dialogues/clear.flac");
@@ -24,7 +24,7 @@ fn windows() -> Vec<Vec<f32>> {
         Ok(())
     })
     .expect("fixture decodes");
-    // 64 windows of 1.6 s, 0.6 s apart, wrapping around the 42 s file.
+    // 128 windows of 1.6 s, 0.6 s apart, wrapping around the 42 s file (two full batches).
     (0..WINDOWS)
         .map(|i| {
             let start = (i * 9_600) % (samples.len() - 25_600);
@@ -81,7 +81,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(WINDOWS as u64));
     for threads in [1, 2] {
         let enc = load_ge2e(&path).unwrap().with_threads(threads);
-        group.bench_function(format!("ge2e_64_windows_{threads}_threads"), |b| {
+        group.bench_function(format!("ge2e_128_windows_{threads}_threads"), |b| {
             b.iter(|| black_box(enc.embed(black_box(&refs))))
         });
     }

@@ -37,8 +37,8 @@ pub const GE2E_FILE: &str = "ge2e-resemblyzer-0.1.4.safetensors";
 pub const MODEL_PATH_ENV: &str = "SPEAKER_MODEL_PATH";
 
 /// Partials that run through the LSTM together on one thread. Bounds memory: the gate buffer is
-/// 160 × 32 × 1024 f32 = 21 MB per thread.
-const BATCH: usize = 32;
+/// 160 × 64 × 1024 f32 = 42 MB per thread.
+const BATCH: usize = 64;
 /// resemblyzer's `embed_utterance` defaults.
 const PARTIAL_RATE: f64 = 1.3;
 const MIN_COVERAGE: f64 = 0.75;
