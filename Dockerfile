@@ -8,13 +8,19 @@
 FROM rust:1.95-slim-bookworm AS builder
 
 # cmake + make build the bundled libopus (opusic-sys); gcc and binutils (objcopy) come with the
-# image. Versions are Debian 12's, which only take security fixes.
+# image; python3 + curl fetch and convert the speaker model. Versions are Debian 12's, which only
+# take security fixes.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends cmake make \
+    && apt-get install -y --no-install-recommends cmake make python3 curl ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
+
+# The GE2E speaker encoder's weights (resemblyzer 0.1.4 from PyPI, sha256-pinned, converted to
+# safetensors by a stdlib-only script). Its own layer: it changes only with these two scripts.
+COPY scripts/fetch-speaker-model.sh scripts/convert_ge2e.py scripts/
+RUN bash scripts/fetch-speaker-model.sh /models
 
 # Dependency layer: the manifests, the build script and stub targets. It is rebuilt only when
 # Cargo.toml, Cargo.lock or the script change, so a source edit recompiles only our crate.
@@ -24,6 +30,7 @@ COPY scripts/build-release.sh scripts/build-release.sh
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > benches/decode_resample.rs \
+    && echo 'fn main() {}' > benches/speaker_encoder.rs \
     && : > src/lib.rs \
     && bash scripts/build-release.sh /tmp/stub-dist \
     && rm -rf /tmp/stub-dist
@@ -41,6 +48,8 @@ RUN touch src/main.rs src/lib.rs \
 FROM gcr.io/distroless/cc-debian12:nonroot
 
 COPY --from=builder /out/audio-worker /usr/local/bin/audio-worker
+COPY --from=builder /models/ge2e-resemblyzer-0.1.4.safetensors /usr/local/share/audio-worker/models/
+ENV SPEAKER_MODEL_PATH=/usr/local/share/audio-worker/models/ge2e-resemblyzer-0.1.4.safetensors
 
 USER 65532:65532
 

