@@ -19,6 +19,7 @@ use crate::audio::{self, PrepareOptions};
 use crate::conversation::{Transcript, Turn};
 use crate::diarize::{self, DiarizeOptions, SpeakerTimeline, TurnSpan};
 use crate::error::{Error, ErrorCode, Result};
+use crate::speakers::embed::SpeakerEncoder;
 use crate::transcribe::pieces::{self, PieceOptions};
 use crate::transcribe::{ChunkAudio, Transcriber, transcribe_all};
 
@@ -141,10 +142,12 @@ pub struct PipelineJob {
 }
 
 /// Tuning that is not part of the job.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PipelineOptions {
     pub prepare: PrepareOptions,
     pub diarize: DiarizeOptions,
+    /// The speaker encoder (`SPEAKER_MODEL_PATH`); `None`: pitch + MFCC features alone.
+    pub speaker_encoder: Option<Arc<dyn SpeakerEncoder>>,
     pub pieces: PieceOptions,
     /// Pieces transcribed at once (lanes).
     pub transcribe_concurrency: usize,
@@ -152,11 +155,28 @@ pub struct PipelineOptions {
     pub work_root: PathBuf,
 }
 
+impl std::fmt::Debug for PipelineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineOptions")
+            .field("prepare", &self.prepare)
+            .field("diarize", &self.diarize)
+            .field(
+                "speaker_encoder",
+                &self.speaker_encoder.as_ref().map(|e| e.name().to_string()),
+            )
+            .field("pieces", &self.pieces)
+            .field("transcribe_concurrency", &self.transcribe_concurrency)
+            .field("work_root", &self.work_root)
+            .finish()
+    }
+}
+
 impl Default for PipelineOptions {
     fn default() -> Self {
         PipelineOptions {
             prepare: PrepareOptions::default(),
             diarize: DiarizeOptions::default(),
+            speaker_encoder: crate::speakers::load_configured(),
             pieces: PieceOptions::default(),
             transcribe_concurrency: 4,
             work_root: std::env::temp_dir(),
@@ -269,7 +289,8 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
     // Who speaks when, from the audio alone: the transcriber only fills in the words.
     let timeline = blocking({
         let (pcm, speech, dopts) = (pcm.clone(), manifest.speech.clone(), opts.diarize.clone());
-        move || diarize::speaker_timeline(&pcm, &speech, &dopts)
+        let encoder = opts.speaker_encoder.clone();
+        move || diarize::speaker_timeline(&pcm, &speech, &dopts, encoder.as_deref())
     })
     .await?;
     let turn_spans = diarize::turns::group_turns(&timeline.spans, opts.diarize.max_pause_in_turn_s);

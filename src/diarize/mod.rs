@@ -29,10 +29,12 @@ pub mod roles;
 pub mod segment;
 pub mod timeline;
 pub mod turns;
+pub mod voices;
 
 use std::path::Path;
 
 use crate::error::Result;
+use crate::speakers::embed::SpeakerEncoder;
 pub use timeline::{SpeakerTimeline, VoiceSpan};
 pub use turns::{Diarization, TurnSpan};
 
@@ -103,19 +105,26 @@ pub struct DiarizeStats {
     pub units_per_speaker: usize,
     /// Median pitch (Hz) of each cluster's windows.
     pub pitch_hz: [f32; 2],
+    /// Cosine similarity of the two voices' embedding centroids (with a speaker encoder).
+    pub voice_cosine: Option<f32>,
     /// Speaker changes moved to a quieter frame.
     pub changes_snapped: usize,
 }
 
+/// The timeline from pitch + MFCC alone (no speaker model available).
 pub const METHOD: &str = "pitch+mfcc timeline 2-means + lda v2";
+/// The timeline from speaker embeddings, changes placed by the block features.
+pub const METHOD_EMBEDDINGS: &str = "embedding units 2-means + pitch/mfcc blocks v1";
 
-/// The speaker timeline of `pcm_wav` (16 kHz mono, `audio16k.wav`) over the speech map.
+/// The speaker timeline of `pcm_wav` (16 kHz mono, `audio16k.wav`) over the speech map, with
+/// the speaker `encoder` when there is one (else from pitch + MFCC alone).
 pub fn speaker_timeline(
     pcm_wav: &Path,
     speech: &[[f64; 2]],
     opts: &DiarizeOptions,
+    encoder: Option<&dyn SpeakerEncoder>,
 ) -> Result<SpeakerTimeline> {
-    speaker_timeline_with_stats(pcm_wav, speech, opts).map(|(t, _)| t)
+    speaker_timeline_with_stats(pcm_wav, speech, opts, encoder).map(|(t, _)| t)
 }
 
 /// [`speaker_timeline`], also returning the numbers behind its decisions.
@@ -123,9 +132,29 @@ pub fn speaker_timeline_with_stats(
     pcm_wav: &Path,
     speech: &[[f64; 2]],
     opts: &DiarizeOptions,
+    encoder: Option<&dyn SpeakerEncoder>,
 ) -> Result<(SpeakerTimeline, DiarizeStats)> {
     let mut speech: Vec<[f64; 2]> = speech.iter().copied().filter(|r| r[1] > r[0]).collect();
     speech.sort_by(|a, b| a[0].total_cmp(&b[0]));
     let feats = features::extract(pcm_wav, &speech, opts.frames_per_block.max(1))?;
-    Ok(timeline::from_features(&feats, &speech, opts))
+    let voices = match encoder {
+        Some(encoder) => {
+            let in_speech: Vec<bool> = feats.blocks.iter().map(|b| b.speech_frames > 0).collect();
+            let (units, _) = timeline::speech_units(&in_speech, feats.block_s);
+            let unit_s: Vec<(f64, f64)> = units
+                .iter()
+                .map(|&(lo, hi)| (lo as f64 * feats.block_s, hi as f64 * feats.block_s))
+                .collect();
+            let embeddings = voices::embed_units(pcm_wav, &unit_s, encoder)?;
+            let weights: Vec<f32> = unit_s.iter().map(|(a, b)| (b - a) as f32).collect();
+            voices::split_voices(&embeddings, &weights)
+        }
+        None => None,
+    };
+    Ok(timeline::from_features(
+        &feats,
+        &speech,
+        opts,
+        voices.as_ref(),
+    ))
 }

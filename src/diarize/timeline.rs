@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use super::cluster::{self, Gauss2, Points, Standardiser};
 use super::features::{Block, Features, HOP, N_FEAT, RATE};
-use super::{DiarizeOptions, DiarizeStats, METHOD, segment};
+use super::voices::{ONE_VOICE_COSINE, VoiceSplit};
+use super::{DiarizeOptions, DiarizeStats, METHOD, METHOD_EMBEDDINGS, segment};
 
 /// One voice's stretch of speech (inside one region of the speech map).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,10 +61,13 @@ struct Split {
 }
 
 /// The audio path after feature extraction (separate for tests).
+/// With `voices` (from speaker embeddings) the embeddings decide who is who and the block
+/// features only where each change falls.
 pub fn from_features(
     feats: &Features,
     speech: &[[f64; 2]],
     opts: &DiarizeOptions,
+    voices: Option<&VoiceSplit>,
 ) -> (SpeakerTimeline, DiarizeStats) {
     let blocks = &feats.blocks;
     let in_speech: Vec<bool> = blocks.iter().map(|b| b.speech_frames > 0).collect();
@@ -72,40 +76,62 @@ pub fn from_features(
     stats.windows = windows.z.len();
     let (units, unit_of_block) = speech_units(&in_speech, feats.block_s);
     let window_unit: Vec<Option<u32>> = windows.block.iter().map(|&b| unit_of_block[b]).collect();
-    // Two starts, the better kept: 2-means on all features (finds most pairs), and a split at the
-    // median pitch (when the voices differ mainly in pitch, 2-means can split sentence types).
-    let split = [
-        first_split(blocks, &units, &windows, &window_unit, opts),
-        pitch_split(&windows),
-    ]
-    .into_iter()
-    .map(|first| refine(&windows, &window_unit, units.len(), first))
-    .max_by(|a, b| {
-        split_quality(&windows, &window_unit, a).total_cmp(&split_quality(
-            &windows,
-            &window_unit,
-            b,
-        ))
-    })
-    .expect("two candidates");
-    let two =
-        opts.expected_speakers >= 2 && two_voices(&windows, &window_unit, &split, opts, &mut stats);
-    let (labels, margins) = label_blocks(
-        blocks,
-        &in_speech,
-        &windows,
-        &split,
-        two,
-        opts,
-        feats.block_s,
-    );
+    // The embeddings decide who is who unless they cannot tell the voices apart (then the
+    // block features get their chance: two is the prior, and pitch can still differ).
+    let voices = voices.filter(|v| {
+        stats.voice_cosine = Some(v.centroid_cosine);
+        v.share[0].min(v.share[1]) >= opts.min_speaker_share && v.centroid_cosine < ONE_VOICE_COSINE
+    });
+    let (split, two) = match voices {
+        Some(v) => {
+            let split = split_from_voices(&windows, &window_unit, v);
+            stats.share = v.share;
+            stats.cv_separation = cv_separation(&windows.z, &split.unit_labels, &window_unit).0;
+            (split, opts.expected_speakers >= 2)
+        }
+        None => {
+            // Two starts, the better kept: 2-means on all features (finds most pairs), and a
+            // split at the median pitch (when the voices differ mainly in pitch, 2-means can
+            // split sentence types).
+            let split = [
+                first_split(blocks, &units, &windows, &window_unit, opts),
+                pitch_split(&windows),
+            ]
+            .into_iter()
+            .map(|first| refine(&windows, &window_unit, units.len(), first))
+            .max_by(|a, b| {
+                split_quality(&windows, &window_unit, a).total_cmp(&split_quality(
+                    &windows,
+                    &window_unit,
+                    b,
+                ))
+            })
+            .expect("two candidates");
+            let two = opts.expected_speakers >= 2
+                && two_voices(&windows, &window_unit, &split, opts, &mut stats);
+            (split, two)
+        }
+    };
+    let unit_p1: Vec<Option<f32>> = match voices {
+        Some(v) => unit_of_block
+            .iter()
+            .map(|u| u.and_then(|u| v.p_voice1[u as usize]))
+            .collect(),
+        None => vec![None; blocks.len()],
+    };
+    let (labels, margins) = label_blocks(feats, &in_speech, &windows, &split, two, &unit_p1, opts);
     let mut spans = voice_spans(speech, &labels, &margins, feats.block_s);
     stats.changes_snapped = snap_changes(&mut spans, &feats.frame_db, opts.snap_change_s);
     (
         SpeakerTimeline {
             spans,
             speakers_found: if two { 2 } else { 1 },
-            method: METHOD.to_string(),
+            method: if voices.is_some() {
+                METHOD_EMBEDDINGS
+            } else {
+                METHOD
+            }
+            .to_string(),
             frame_db: feats.frame_db.clone(),
         },
         stats,
@@ -137,7 +163,7 @@ fn voiced_windows(blocks: &[Block], in_speech: &[bool], opts: &DiarizeOptions) -
 }
 
 /// Stretches of uninterrupted speech of at most [`UNIT_S`], and each block's unit.
-fn speech_units(in_speech: &[bool], block_s: f64) -> (Vec<(usize, usize)>, Vec<Option<u32>>) {
+pub fn speech_units(in_speech: &[bool], block_s: f64) -> (Vec<(usize, usize)>, Vec<Option<u32>>) {
     let nb = in_speech.len();
     let max_len = ((UNIT_S / block_s).round() as usize).max(1);
     let mut unit_of_block = vec![None; nb];
@@ -196,6 +222,32 @@ fn first_split(
             .collect();
     }
     cluster::two_means(&windows.z).map_or_else(Vec::new, |km| km.labels)
+}
+
+/// The embeddings' voices as window labels, and a discriminant of the block features trained on
+/// them once (no refinement: on similar voices the features would drift to sentence types).
+fn split_from_voices(windows: &Windows, window_unit: &[Option<u32>], v: &VoiceSplit) -> Split {
+    let p1 = |i: usize| window_unit[i].and_then(|u| v.p_voice1[u as usize]);
+    let labels: Vec<u8> = (0..windows.z.len())
+        .map(|i| u8::from(p1(i).unwrap_or(0.0) > 0.5))
+        .collect();
+    let mut train = Points::new(windows.z.dim);
+    let mut train_labels = Vec::new();
+    for i in (0..windows.z.len()).filter(|&i| p1(i).is_some()) {
+        train.push(windows.z.get(i), windows.z.weight[i]);
+        train_labels.push(labels[i]);
+    }
+    let model = cluster::lda_direction(&train, &train_labels, LDA_RIDGE).and_then(|dir| {
+        let proj: Vec<f32> = (0..train.len())
+            .map(|i| cluster::project(train.get(i), &dir))
+            .collect();
+        Gauss2::fit(&proj, &train.weight, &train_labels).map(|gauss| Model { dir, gauss })
+    });
+    Split {
+        unit_labels: labels.clone(),
+        labels,
+        model,
+    }
 }
 
 /// Windows above the weighted median pitch against those below.
@@ -325,14 +377,15 @@ fn two_voices(
 /// (0 = a coin toss, 1 = sure); blocks without voiced frames take their neighbours' label, and
 /// short flips that touch the other voice are smoothed away.
 fn label_blocks(
-    blocks: &[Block],
+    feats: &Features,
     in_speech: &[bool],
     windows: &Windows,
     split: &Split,
     two: bool,
+    unit_p1: &[Option<f32>],
     opts: &DiarizeOptions,
-    block_s: f64,
 ) -> (Vec<Option<u8>>, Vec<f32>) {
+    let (blocks, block_s) = (&feats.blocks, feats.block_s);
     let nb = blocks.len();
     let mut labels: Vec<Option<u8>> = vec![None; nb];
     let mut margins = vec![0f32; nb];
@@ -340,20 +393,30 @@ fn label_blocks(
     let min_voiced = u32::from(opts.min_voiced_frames).div_ceil(2);
     let mut zbuf = [0f32; N_FEAT];
     for j in (0..nb).filter(|&j| in_speech[j]) {
-        match (&split.model, two) {
-            (Some(m), true) => {
-                let (mean, n) = window_mean(blocks, j.saturating_sub(lr), (j + lr + 1).min(nb));
-                if n >= min_voiced {
-                    windows.standardiser.apply(&mean, &mut zbuf);
-                    let (l, post) = m.gauss.classify(cluster::project(&zbuf, &m.dir));
-                    labels[j] = Some(l);
-                    margins[j] = 2.0 * post - 1.0;
-                }
+        if !two {
+            labels[j] = Some(0);
+            margins[j] = 1.0;
+            continue;
+        }
+        // evidence for voice 1 as log-odds: the block features' discriminant, plus the
+        // embedding of the block's unit when there is one (independent evidence adds up)
+        let mut log_odds: Option<f32> = None;
+        if let Some(m) = &split.model {
+            let (mean, n) = window_mean(blocks, j.saturating_sub(lr), (j + lr + 1).min(nb));
+            if n >= min_voiced {
+                windows.standardiser.apply(&mean, &mut zbuf);
+                let (l, post) = m.gauss.classify(cluster::project(&zbuf, &m.dir));
+                let p1 = if l == 1 { post } else { 1.0 - post };
+                log_odds = Some(logit(p1));
             }
-            _ => {
-                labels[j] = Some(0);
-                margins[j] = 1.0;
-            }
+        }
+        if let Some(p) = unit_p1[j] {
+            log_odds = Some(log_odds.unwrap_or(0.0) + logit(p));
+        }
+        if let Some(lo) = log_odds {
+            let p1 = 1.0 / (1.0 + (-lo).exp());
+            labels[j] = Some(u8::from(p1 > 0.5));
+            margins[j] = (2.0 * p1 - 1.0).abs();
         }
     }
     segment::fill_gaps(&mut labels, in_speech);
@@ -365,6 +428,11 @@ fn label_blocks(
     }
     segment::smooth_short_runs(&mut labels, (opts.min_run_s / block_s).round() as usize);
     (labels, margins)
+}
+
+fn logit(p: f32) -> f32 {
+    let p = p.clamp(1e-4, 1.0 - 1e-4);
+    (p / (1.0 - p)).ln()
 }
 
 /// The speech map cut at label changes.
