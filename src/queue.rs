@@ -59,6 +59,9 @@ use crate::error::{Error, ErrorCode, Result};
 pub struct QueueConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` (REDIS_URL); never printed.
     pub redis_url: String,
+    /// PEM file of the CA that signed a `rediss://` server's certificate (REDIS_TLS_CA_FILE), for
+    /// a private CA; it then replaces the system's roots. `None`: the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     pub stream: String,
     pub group: String,
     pub dead_stream: String,
@@ -82,6 +85,7 @@ impl QueueConfig {
     pub fn new(redis_url: impl Into<String>, consumer: impl Into<String>) -> QueueConfig {
         QueueConfig {
             redis_url: redis_url.into(),
+            tls_ca_file: None,
             stream: "audio:jobs".into(),
             group: "audio-workers".into(),
             dead_stream: "audio:jobs:dead".into(),
@@ -104,6 +108,7 @@ impl std::fmt::Debug for QueueConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueueConfig")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("stream", &self.stream)
             .field("group", &self.group)
             .field("dead_stream", &self.dead_stream)
@@ -231,7 +236,23 @@ impl Queue {
             ));
         }
         let where_ = redact_url(&cfg.redis_url);
-        let client = redis::Client::open(cfg.redis_url.as_str()).map_err(|e| {
+        let client = match &cfg.tls_ca_file {
+            None => redis::Client::open(cfg.redis_url.as_str()),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::new(
+                        ErrorCode::ConfigMissing,
+                        format!("REDIS_TLS_CA_FILE {} cannot be read: {e}", path.display()),
+                    )
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(cfg.redis_url.as_str(), certs)
+            }
+        }
+        .map_err(|e| {
             Error::new(
                 ErrorCode::ConfigMissing,
                 format!("REDIS_URL {where_} is not usable: {e}"),

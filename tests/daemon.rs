@@ -446,3 +446,68 @@ async fn every_bad_input_ends_with_its_code_after_one_attempt_and_the_worker_goe
     }
     assert!(worker.leftovers().is_empty(), "{:?}", worker.leftovers());
 }
+
+/// Issue 15, item 5: `rediss://` works, against a real redis-server that speaks only TLS with a
+/// certificate from a CA made here: trusted as a system root (rustls-native-certs reads
+/// SSL_CERT_FILE), or named by REDIS_TLS_CA_FILE; untrusted, it fails on the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_redis_works_with_the_system_roots_or_a_private_ca() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let tls = common::servers::TlsRedisServer::start();
+    let (url, ca) = (tls.url(), tls.ca_file.display().to_string());
+    let session = uuid(35);
+    let enqueue = |extra: &[(&str, &str)]| {
+        command(
+            &stack,
+            &[
+                "enqueue",
+                "--session-id",
+                &session,
+                "--user-id",
+                USER,
+                "--key",
+                GOOD_KEY,
+                "--bucket",
+                BUCKET,
+            ],
+            extra,
+        )
+    };
+    let out = enqueue(&[("REDIS_URL", &url), ("SSL_CERT_FILE", &ca)]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tls.log_tail()
+    );
+    let mut w = stack.worker(
+        "tls",
+        &[
+            ("REDIS_URL", &url),
+            ("REDIS_TLS_CA_FILE", &ca),
+            ("EXIT_WHEN_IDLE", "1s"),
+        ],
+    );
+    assert_eq!(
+        w.exit_code(Duration::from_secs(90)).await,
+        0,
+        "{}",
+        w.logs()
+    );
+    assert_eq!(stack.supabase.job_row(&session)["status"], "completed");
+    assert_eq!(stack.supabase.result_count(&session), 1);
+
+    // A CA nobody trusts: refused for its certificate.
+    let empty_roots = stack.dir.path().join("no-roots.pem");
+    std::fs::write(&empty_roots, "").unwrap();
+    let out = enqueue(&[
+        ("REDIS_URL", &url),
+        ("SSL_CERT_FILE", empty_roots.to_str().unwrap()),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains("certificate") && !stderr.contains("not enabled"),
+        "{stderr}"
+    );
+}
