@@ -296,6 +296,13 @@ impl SupabaseClient {
     /// the job is marked `error` with the analysis' code: it fails visibly, never "completed"
     /// without its analysis. Whether to retry it is the caller's decision.
     pub async fn upsert_result(&self, result: &JobResult, user_id: &str) -> Result<()> {
+        self.store_result(result, user_id).await?;
+        self.mark_result_stored(result).await
+    }
+
+    /// The first half of [`SupabaseClient::upsert_result`]: the result row alone (an upsert keyed
+    /// by session_id). The worker confirms its claim between the two halves.
+    pub async fn store_result(&self, result: &JobResult, user_id: &str) -> Result<()> {
         let body = result_row(result, user_id)?.to_string();
         let what = format!("the result of session {}", result.session_id);
         self.send(
@@ -308,7 +315,13 @@ impl SupabaseClient {
             },
             PREFER_UPSERT,
         )
-        .await?;
+        .await
+        .map(drop)
+    }
+
+    /// The second half of [`SupabaseClient::upsert_result`]: the job row says completed, or
+    /// error with the analysis' code when the analysis failed.
+    pub async fn mark_result_stored(&self, result: &JobResult) -> Result<()> {
         if let (AnalysisStatus::Failed, Some(e)) = (result.analysis_status, &result.analysis_error)
         {
             let err = Error::new(e.code, e.message.clone());

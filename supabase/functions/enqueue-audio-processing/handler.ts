@@ -141,7 +141,10 @@ export async function signJob(job: Job, secret: string): Promise<string> {
   return Array.from(new Uint8Array(mac), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Why an audio key is not acceptable, or null. The same rules as src/job.rs `check_key`. */
+/**
+ * Why an audio key is not acceptable, or null. The one key rule of the worker too (src/job.rs
+ * `key_problem`, src/storage.rs); both run the shared vectors of schemas/audio-key-vectors.json.
+ */
 export function keyProblem(key: string): string | null {
   if (key.length === 0) return "must not be empty";
   if (!key.isWellFormed()) return "must be valid Unicode";
@@ -155,6 +158,24 @@ export function keyProblem(key: string): string | null {
   // deno-lint-ignore no-control-regex
   if (/[\u0000-\u001f\u007f-\u009f]/.test(key)) return "must not contain control characters";
   if (/^[A-Za-z][A-Za-z0-9+.-]*:/.test(key)) return "must be a key inside the bucket, not a URL";
+  const segments = key.split("/");
+  if (segments.some((s) => s === "")) {
+    return "must not contain an empty segment ('//' or a trailing '/')";
+  }
+  if (segments.some((s) => s === ".")) return "must not contain a '.' segment";
+  return null;
+}
+
+/** The folder every key of a user must lie in: `${AUDIO_KEY_PREFIX}${userId}/`. */
+export function ownerFolder(prefix: string, userId: string): string {
+  return `${prefix}${userId}/`;
+}
+
+/** The whole rule, as the worker applies it: a plain key inside the user's folder. */
+export function ownedKeyProblem(key: string, prefix: string, userId: string): string | null {
+  const problem = keyProblem(key);
+  if (problem) return problem;
+  if (!key.startsWith(ownerFolder(prefix, userId))) return "is not in the user's folder";
   return null;
 }
 
@@ -470,8 +491,7 @@ async function enqueue(req: Request, env: Env, cfg: Config): Promise<Response> {
   const body = await readBody(req);
 
   // The key must lie under the user's own folder, or anyone could have anyone's audio analysed.
-  const ownPrefix = `${env.audioKeyPrefix}${userId}/`;
-  if (!body.audio_key.startsWith(ownPrefix)) {
+  if (ownedKeyProblem(body.audio_key, env.audioKeyPrefix, userId)) {
     throw new HttpError(403, "FORBIDDEN", "the audio key is not in your folder");
   }
   await checkSession(env, cfg, body.session_id, userId);

@@ -15,6 +15,7 @@ import {
   handler,
   type Job,
   keyProblem,
+  ownedKeyProblem,
   signJob,
   STREAM,
 } from "./handler.ts";
@@ -985,6 +986,34 @@ Deno.test("the signature matches a vector computed outside this code", async () 
     await signJob(job, "test-secret"),
     "b9a9cb80bff7fab71bf0dd1d72035d0c948f9195cfd53e02316da5e1b3ba07c7",
   );
+});
+
+Deno.test("the key rule agrees with the worker's on the shared vectors", async () => {
+  const file = new URL("../../../schemas/audio-key-vectors.json", import.meta.url);
+  const vectors = JSON.parse(await Deno.readTextFile(file)) as {
+    prefix: string;
+    user_id: string;
+    cases: { key: string; ok: boolean; why: string }[];
+  };
+  assert.ok(vectors.cases.length >= 20);
+  for (const c of vectors.cases) {
+    const problem = ownedKeyProblem(c.key, vectors.prefix, vectors.user_id);
+    assert.equal(problem === null, c.ok, `${JSON.stringify(c.key)} (${c.why}): ${problem}`);
+  }
+});
+
+Deno.test("a key with a '.' or empty segment is 400 before anything is written", async () => {
+  await withWorld(async ({ supabase, env }) => {
+    for (const key of [`${PREFIX}${USER_A}/./a.webm`, `${PREFIX}${USER_A}//a.webm`]) {
+      await expectError(
+        await post(env, { session_id: SESSION_A, audio_key: key }),
+        400,
+        "BAD_REQUEST",
+      );
+    }
+    assert.equal(supabase.jobs.size, 0);
+    assert.equal((await entries()).length, 0);
+  });
 });
 
 Deno.test("key rules, REDIS_URL parsing and environment defaults", () => {
