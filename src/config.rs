@@ -447,6 +447,22 @@ mod tests {
     }
 
     #[test]
+    fn a_new_secret_key_is_accepted_as_the_service_key() {
+        let vars: Vec<(&str, &str)> = MINIMAL
+            .iter()
+            .map(|&(k, v)| {
+                if k == "SUPABASE_SERVICE_KEY" {
+                    (k, "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz")
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        let c = Config::from_lookup(env(&vars)).unwrap();
+        assert!(c.supabase.service_key.starts_with("sb_secret_"));
+    }
+
+    #[test]
     fn analysis_can_only_be_switched_off_explicitly() {
         let without: Vec<_> = MINIMAL
             .iter()

@@ -58,6 +58,32 @@ export interface Env {
   log: (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
 }
 
+/**
+ * One key out of a Supabase key set, `{"default": "sb_secret_…", …}`: the `default` entry, else
+ * the first; undefined when the set is absent, not JSON or empty.
+ */
+export function keyFromSet(json: string | undefined): string | undefined {
+  if (!json) return undefined;
+  let set: unknown;
+  try {
+    set = JSON.parse(json);
+  } catch {
+    return undefined;
+  }
+  if (!set || typeof set !== "object" || Array.isArray(set)) return undefined;
+  const entries = set as Record<string, unknown>;
+  const pick = (v: unknown) => typeof v === "string" && v.trim() ? v.trim() : undefined;
+  return pick(entries["default"]) ?? Object.values(entries).map(pick).find((v) => v);
+}
+
+/**
+ * Headers carrying an API key: a new key (`sb_…`) is not a JWT and goes in `apikey` only; a legacy
+ * JWT key goes in `Authorization: Bearer` too.
+ */
+export function apiKeyHeaders(key: string): Record<string, string> {
+  return key.startsWith("sb_") ? { apikey: key } : { apikey: key, authorization: `Bearer ${key}` };
+}
+
 /** The configuration from environment variables (README.md lists them). */
 export function envFromDeno(
   get: (name: string) => string | undefined = (name) => Deno.env.get(name),
@@ -74,9 +100,12 @@ export function envFromDeno(
   const waitUntil = runtime.EdgeRuntime?.waitUntil;
   return {
     supabaseUrl: val("SUPABASE_URL"),
-    anonKey: val("SUPABASE_ANON_KEY"),
-    // Supabase injects SUPABASE_SERVICE_ROLE_KEY; the worker's name is accepted too.
-    serviceKey: val("SUPABASE_SERVICE_ROLE_KEY") ?? val("SUPABASE_SERVICE_KEY"),
+    // Supabase injects the new keys as JSON sets (SUPABASE_PUBLISHABLE_KEYS, SUPABASE_SECRET_KEYS,
+    // `default` first) and, until they are retired, the legacy JWT keys; the worker's name for the
+    // service key is accepted too.
+    anonKey: keyFromSet(val("SUPABASE_PUBLISHABLE_KEYS")) ?? val("SUPABASE_ANON_KEY"),
+    serviceKey: keyFromSet(val("SUPABASE_SECRET_KEYS")) ?? val("SUPABASE_SERVICE_ROLE_KEY") ??
+      val("SUPABASE_SERVICE_KEY"),
     bucket: val("BUCKET_NAME"),
     sessionsTable: val("SESSIONS_TABLE") ?? "coaching_sessions",
     sessionsIdColumn: val("SESSIONS_ID_COLUMN") ?? "id",
@@ -248,7 +277,7 @@ interface Config {
 function checkConfig(env: Env): Config {
   const missing: string[] = [];
   if (!env.supabaseUrl?.match(/^https?:\/\//)) missing.push("SUPABASE_URL (http(s) URL)");
-  if (!env.serviceKey) missing.push("SUPABASE_SERVICE_ROLE_KEY");
+  if (!env.serviceKey) missing.push("SUPABASE_SECRET_KEYS or SUPABASE_SERVICE_ROLE_KEY");
   if (!env.bucket || !BUCKET_PATTERN.test(env.bucket)) missing.push("BUCKET_NAME (S3 bucket)");
   for (
     const [name, v] of [
@@ -388,8 +417,7 @@ async function call(
 /** Headers for PostgREST with the service key (bypasses RLS; we did the owner checks). */
 function serviceHeaders(cfg: Config, extra: Record<string, string> = {}) {
   return {
-    apikey: cfg.serviceKey,
-    authorization: `Bearer ${cfg.serviceKey}`,
+    ...apiKeyHeaders(cfg.serviceKey),
     accept: "application/json",
     ...extra,
   };
