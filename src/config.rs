@@ -46,6 +46,19 @@ pub struct Config {
     pub max_duration_s: f64,
 }
 
+/// Why a REDIS_TLS_CA_FILE cannot serve as a CA bundle, or `None` when it can: readable and
+/// holding at least one PEM certificate.
+pub fn tls_ca_problem(path: &std::path::Path) -> Option<String> {
+    match std::fs::read(path) {
+        Err(e) => Some(format!("cannot be read: {e}")),
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            (!text.contains("-----BEGIN CERTIFICATE-----"))
+                .then(|| "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string())
+        }
+    }
+}
+
 /// Defaults that are not obvious from a single variable.
 pub const DEFAULT_JOB_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MAX_AUDIO_MB: u64 = 2048;
@@ -160,6 +173,17 @@ impl Config {
                 redact_url(&redis_url)
             ));
         }
+        let tls_ca_file = get("REDIS_TLS_CA_FILE").map(PathBuf::from);
+        if let Some(path) = &tls_ca_file {
+            if let Some(problem) = tls_ca_problem(path) {
+                problems.push(format!("REDIS_TLS_CA_FILE={}: {problem}", path.display()));
+            }
+            if !redis_url.is_empty() && !redis_url.starts_with("rediss://") {
+                problems.push(
+                    "REDIS_TLS_CA_FILE is set but REDIS_URL is not rediss:// (TLS)".to_string(),
+                );
+            }
+        }
         if !problems.is_empty() {
             return Err(Error::new(
                 ErrorCode::ConfigMissing,
@@ -170,6 +194,7 @@ impl Config {
         let mut queue = QueueConfig::new(redis_url, consumer_name(&get));
         queue.visibility_timeout = visibility;
         queue.max_attempts = max_attempts;
+        queue.tls_ca_file = tls_ca_file;
         Ok(Config {
             queue,
             storage: storage.expect("no problems means storage parsed"),
@@ -200,6 +225,12 @@ impl Config {
         let q = &self.queue;
         vec![
             ("REDIS_URL", redact_url(&q.redis_url)),
+            (
+                "REDIS_TLS_CA_FILE",
+                q.tls_ca_file
+                    .as_ref()
+                    .map_or("(system roots)".into(), |p| p.display().to_string()),
+            ),
             ("consumer", q.consumer.clone()),
             (
                 "VISIBILITY_TIMEOUT_S",
@@ -372,6 +403,63 @@ mod tests {
                 err.message
             );
         }
+    }
+
+    #[test]
+    fn a_private_redis_ca_must_be_a_pem_certificate_for_a_tls_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, junk) = (dir.path().join("ca.pem"), dir.path().join("junk.pem"));
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let with = |url: &str, ca: &std::path::Path| {
+            let mut vars: Vec<(&str, String)> =
+                MINIMAL.iter().map(|(k, v)| (*k, v.to_string())).collect();
+            vars.retain(|(k, _)| *k != "REDIS_URL");
+            vars.push(("REDIS_URL", url.to_string()));
+            vars.push(("REDIS_TLS_CA_FILE", ca.display().to_string()));
+            let map: HashMap<String, String> =
+                vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            Config::from_lookup(move |k| map.get(k).cloned())
+        };
+        let ok = with("rediss://:pw@redis.example:6380", &pem).unwrap();
+        assert_eq!(ok.queue.tls_ca_file.as_deref(), Some(pem.as_path()));
+        for (url, ca, says) in [
+            (
+                "rediss://h:6380",
+                junk.as_path(),
+                "holds no PEM certificate",
+            ),
+            (
+                "rediss://h:6380",
+                &dir.path().join("missing.pem"),
+                "cannot be read",
+            ),
+            ("redis://h:6379", pem.as_path(), "not rediss://"),
+        ] {
+            let err = with(url, ca).unwrap_err();
+            assert!(err.message.contains("REDIS_TLS_CA_FILE"), "{}", err.message);
+            assert!(err.message.contains(says), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_new_secret_key_is_accepted_as_the_service_key() {
+        let vars: Vec<(&str, &str)> = MINIMAL
+            .iter()
+            .map(|&(k, v)| {
+                if k == "SUPABASE_SERVICE_KEY" {
+                    (k, "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz")
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        let c = Config::from_lookup(env(&vars)).unwrap();
+        assert!(c.supabase.service_key.starts_with("sb_secret_"));
     }
 
     #[test]

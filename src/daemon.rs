@@ -28,7 +28,16 @@ use crate::transcribe::openai::OpenAiTranscriber;
 use crate::worker::{self, Services, StopReason, WorkerOptions};
 
 /// Runs the daemon until a signal (exit 0 after draining) or idleness.
-pub async fn run(config: Config) -> Result<()> {
+pub async fn run(mut config: Config) -> Result<()> {
+    if let Some(limit) = config.exit_when_idle {
+        // The idle clock samples the stream at every empty read: often enough to see an entry
+        // that came and went within the idle window.
+        config.queue.block = config
+            .queue
+            .block
+            .min(limit / 5)
+            .max(Duration::from_millis(100));
+    }
     let metrics = telemetry::init_metrics()?;
     info!(config = ?config, "starting");
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -31,6 +31,12 @@ pub enum ErrorCode {
     StorageDownloadFailed,
     WhisperRateLimited,
     WhisperFailed,
+    /// The OpenAI account has no quota left (429 `insufficient_quota`): retrying cannot help
+    /// until someone pays; not a rate limit.
+    WhisperQuotaExceeded,
+    /// The transcription API refused the request itself (400, 401, 403, 404, 413, other 4xx
+    /// but 408/429): a bad key, model or file; retrying the job cannot help.
+    WhisperRejected,
     GeminiFailed,
     /// Gemini's safety filters refused the prompt or the reply: retrying cannot help.
     GeminiBlocked,
@@ -49,7 +55,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::AudioUnsupportedFormat,
         ErrorCode::AudioDecodeFailed,
         ErrorCode::AudioNoAudioTrack,
@@ -63,6 +69,8 @@ impl ErrorCode {
         ErrorCode::StorageDownloadFailed,
         ErrorCode::WhisperRateLimited,
         ErrorCode::WhisperFailed,
+        ErrorCode::WhisperQuotaExceeded,
+        ErrorCode::WhisperRejected,
         ErrorCode::GeminiFailed,
         ErrorCode::GeminiBlocked,
         ErrorCode::GeminiInvalidResponse,
@@ -90,6 +98,8 @@ impl ErrorCode {
             ErrorCode::StorageDownloadFailed => "STORAGE_DOWNLOAD_FAILED",
             ErrorCode::WhisperRateLimited => "WHISPER_RATE_LIMITED",
             ErrorCode::WhisperFailed => "WHISPER_FAILED",
+            ErrorCode::WhisperQuotaExceeded => "WHISPER_QUOTA_EXCEEDED",
+            ErrorCode::WhisperRejected => "WHISPER_REJECTED",
             ErrorCode::GeminiFailed => "GEMINI_FAILED",
             ErrorCode::GeminiBlocked => "GEMINI_BLOCKED",
             ErrorCode::GeminiInvalidResponse => "GEMINI_INVALID_RESPONSE",

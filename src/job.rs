@@ -14,8 +14,10 @@
 //! - `job_id`, `session_id`, `user_id`: `^[A-Za-z0-9_-]{1,128}$` (a UUID fits);
 //! - `audio.bucket`: an S3 bucket name, `^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`;
 //! - `audio.key`: 1–1024 bytes, not absolute (no leading `/`), no `..` anywhere, no backslash, no
-//!   control characters, no URL scheme (`s3:`, `https:`, …): it is a key inside our bucket,
-//!   never a location of its own;
+//!   control characters, no URL scheme (`s3:`, `https:`, …), no empty or `.` segment: it is a key
+//!   inside our bucket, never a location of its own ([`key_problem`]). That it lies in the folder
+//!   of the job's user, `{AUDIO_KEY_PREFIX}{user_id}/`, is checked by the worker against its
+//!   configuration ([`check_owned_key`], `storage.rs`);
 //! - `language`: ISO 639-1, two lowercase letters, optionally a region (`ja`, `en-US`); default
 //!   `ja`;
 //! - `enqueued_at`: RFC 3339 `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, what JavaScript's
@@ -342,30 +344,68 @@ fn check_bucket(bucket: &str) -> Result<()> {
 }
 
 fn check_key(key: &str) -> Result<()> {
-    const F: &str = "audio.key";
+    match key_problem(key) {
+        Some(why) => Err(invalid("audio.key", why)),
+        None => Ok(()),
+    }
+}
+
+/// Why `key` is not a plain object key, or `None` when it is. The one key rule of the worker
+/// (here and in `storage.rs`) and of the Edge Function (`keyProblem` in its `handler.ts`); both
+/// run the shared vectors of `schemas/audio-key-vectors.json`:
+///
+/// 1–1024 bytes; not absolute (no leading `/`); no URL scheme at the start (`s3:`, `https:`);
+/// no backslash; no control characters; no `..` anywhere; no empty segment (`a//b`, a trailing
+/// `/`) and no `.` segment.
+pub fn key_problem(key: &str) -> Option<&'static str> {
     if key.is_empty() {
-        return Err(invalid(F, "must not be empty"));
+        return Some("must not be empty");
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(invalid(F, format!("longer than {MAX_KEY_BYTES} bytes")));
+        return Some("must not be longer than 1024 bytes");
     }
     if key.starts_with('/') {
-        return Err(invalid(
-            F,
-            "must be relative to the bucket, not start with '/'",
-        ));
+        return Some("must be relative to the bucket, not start with '/'");
     }
     if key.contains("..") {
-        return Err(invalid(F, "must not contain '..'"));
+        return Some("must not contain '..'");
     }
     if key.contains('\\') {
-        return Err(invalid(F, "must not contain '\\'"));
+        return Some("must not contain '\\'");
     }
     if key.chars().any(char::is_control) {
-        return Err(invalid(F, "must not contain control characters"));
+        return Some("must not contain control characters");
     }
     if has_scheme(key) {
-        return Err(invalid(F, "must be a key inside the bucket, not a URL"));
+        return Some("must be a key inside the bucket, not a URL");
+    }
+    if key.split('/').any(str::is_empty) {
+        return Some("must not contain an empty segment ('//' or a trailing '/')");
+    }
+    if key.split('/').any(|segment| segment == ".") {
+        return Some("must not contain a '.' segment");
+    }
+    None
+}
+
+/// The folder every key of `user_id` must lie in: `{AUDIO_KEY_PREFIX}{user_id}/`.
+pub fn owner_folder(prefix: Option<&str>, user_id: &str) -> String {
+    format!("{}{user_id}/", prefix.unwrap_or(""))
+}
+
+/// The whole rule for a job's key: a plain key ([`key_problem`]) inside the folder of the job's
+/// user ([`owner_folder`]). `Err` says why not.
+pub fn check_owned_key(
+    prefix: Option<&str>,
+    user_id: &str,
+    key: &str,
+) -> std::result::Result<(), String> {
+    if let Some(why) = key_problem(key) {
+        return Err(why.to_string());
+    }
+    let folder = owner_folder(prefix, user_id);
+    if !key.starts_with(&folder) {
+        return Err(format!("it is outside the user's folder {folder:?}"));
     }
     Ok(())
 }

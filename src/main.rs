@@ -291,7 +291,9 @@ fn env(name: &str) -> Option<String> {
 async fn operator_queue(name: &str) -> Result<Queue, Error> {
     let redis_url = env("REDIS_URL")
         .ok_or_else(|| Error::new(ErrorCode::ConfigMissing, "REDIS_URL is not set"))?;
-    Queue::connect(QueueConfig::new(redis_url, name)).await
+    let mut cfg = QueueConfig::new(redis_url, name);
+    cfg.tls_ca_file = env("REDIS_TLS_CA_FILE").map(std::path::PathBuf::from);
+    Queue::connect(cfg).await
 }
 
 /// `audio-worker enqueue`: builds, signs, validates and XADDs one job.

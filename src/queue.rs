@@ -11,7 +11,7 @@
 //!   (a third of the visibility timeout): it resets the entry's idle time (XCLAIM … JUSTID, which
 //!   does not count as a delivery), so no one steals a healthy job however long it takes.
 //! - [`Queue::ack`] only after the result is durably written. It acknowledges and deletes the
-//!   entry in one MULTI/EXEC, so the stream holds exactly the jobs not yet finished and its length
+//!   entry in one script, only while this consumer still holds it, so the stream holds exactly the jobs not yet finished and its length
 //!   is a queue depth (for metrics and autoscaling).
 //! - [`Queue::dead_letter`] moves an entry to the dead stream with its error and acknowledges it,
 //!   atomically in one Lua script, and only while the entry is still pending: a repeated call (a
@@ -59,6 +59,9 @@ use crate::error::{Error, ErrorCode, Result};
 pub struct QueueConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` (REDIS_URL); never printed.
     pub redis_url: String,
+    /// PEM file of the CA that signed a `rediss://` server's certificate (REDIS_TLS_CA_FILE), for
+    /// a private CA; it then replaces the system's roots. `None`: the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     pub stream: String,
     pub group: String,
     pub dead_stream: String,
@@ -82,6 +85,7 @@ impl QueueConfig {
     pub fn new(redis_url: impl Into<String>, consumer: impl Into<String>) -> QueueConfig {
         QueueConfig {
             redis_url: redis_url.into(),
+            tls_ca_file: None,
             stream: "audio:jobs".into(),
             group: "audio-workers".into(),
             dead_stream: "audio:jobs:dead".into(),
@@ -104,6 +108,7 @@ impl std::fmt::Debug for QueueConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueueConfig")
             .field("redis_url", &redact_url(&self.redis_url))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("stream", &self.stream)
             .field("group", &self.group)
             .field("dead_stream", &self.dead_stream)
@@ -152,6 +157,16 @@ pub struct QueueDepth {
     pub dead: u64,
 }
 
+/// What [`Queue::activity`] reads: is anything in the stream, and when was the last entry added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueActivity {
+    /// Entries in the stream (waiting, undelivered or pending with any consumer).
+    pub length: u64,
+    /// Milliseconds, on Redis' clock, since the newest entry ever added to the stream was added
+    /// (`u64::MAX` when none ever was).
+    pub since_last_added_ms: u64,
+}
+
 /// A consumer in the group. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Queue {
     cfg: QueueConfig,
@@ -198,11 +213,13 @@ end
 return false
 "#;
 
-/// Moves a pending entry to the dead stream and acknowledges + deletes it, all or nothing.
-/// Returns 1 when moved, 0 when the entry was not pending (already acked or moved).
+/// Moves a pending entry to the dead stream and acknowledges + deletes it, all or nothing, only
+/// while this consumer (ARGV[8]) holds it. Returns 1 when moved, 0 when the entry was not pending
+/// (already acked or moved), -1 when another consumer holds it now.
 const DEAD_LETTER_LUA: &str = r#"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 then return 0 end
+if p[1][2] ~= ARGV[8] then return -1 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
   'job', ARGV[4], 'error_code', ARGV[5], 'message', ARGV[6],
   'attempts', tostring(p[1][4]), 'entry_id', ARGV[2], 'failed_at', ARGV[7],
@@ -210,6 +227,32 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return 1
+"#;
+
+/// Acknowledges and deletes an entry only while this consumer holds it (a superseded worker must
+/// not finish the entry another worker is running). Returns 1 when done, 0 when it was not
+/// pending (already finished), -1 when another consumer holds it now.
+const ACK_LUA: &str = r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 0 end
+if p[1][2] ~= ARGV[2] then return -1 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// The stream's length, its last generated id and Redis' clock, for [`Queue::activity`].
+const ACTIVITY_LUA: &str = r#"
+local len = redis.call('XLEN', KEYS[1])
+local last = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+end
+local t = redis.call('TIME')
+return {len, last, t[1], t[2]}
 "#;
 
 /// Longest error message stored in a dead letter.
@@ -231,7 +274,23 @@ impl Queue {
             ));
         }
         let where_ = redact_url(&cfg.redis_url);
-        let client = redis::Client::open(cfg.redis_url.as_str()).map_err(|e| {
+        let client = match &cfg.tls_ca_file {
+            None => redis::Client::open(cfg.redis_url.as_str()),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::new(
+                        ErrorCode::ConfigMissing,
+                        format!("REDIS_TLS_CA_FILE {} cannot be read: {e}", path.display()),
+                    )
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(cfg.redis_url.as_str(), certs)
+            }
+        }
+        .map_err(|e| {
             Error::new(
                 ErrorCode::ConfigMissing,
                 format!("REDIS_URL {where_} is not usable: {e}"),
@@ -470,31 +529,32 @@ impl Queue {
         Ok(done == 1)
     }
 
-    /// Acknowledges and deletes the entry (MULTI XACK XDEL EXEC): call it only once the result is
-    /// durably written. Acknowledging an entry that is no longer pending is a no-op.
-    pub async fn ack(&self, entry_id: &str) -> Result<()> {
-        self.retry("XACK", || {
-            let mut c = self.conn.clone();
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .cmd("XACK")
-                .arg(&self.cfg.stream)
-                .arg(&self.cfg.group)
-                .arg(entry_id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&self.cfg.stream)
-                .arg(entry_id)
-                .ignore();
-            async move { pipe.query_async::<()>(&mut c).await }
-        })
-        .await
+    /// Acknowledges and deletes the entry, atomically and only while this consumer holds it:
+    /// call it only once the result is durably written. `Ok(true)` when it is finished (by this
+    /// call, or already before: acknowledging an entry no longer pending is a no-op);
+    /// `Ok(false)` when another consumer holds it now, which is then left alone.
+    pub async fn ack(&self, entry_id: &str) -> Result<bool> {
+        let done: i64 = self
+            .retry("ack", || {
+                let mut c = self.conn.clone();
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(ACK_LUA)
+                    .arg(1)
+                    .arg(&self.cfg.stream)
+                    .arg(&self.cfg.group)
+                    .arg(&self.cfg.consumer)
+                    .arg(entry_id);
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(done >= 0)
     }
 
     /// Moves the entry to the dead stream with fields `job` (the payload), `error_code`,
     /// `message`, `attempts` (delivery count), `entry_id`, `failed_at` (RFC 3339) and `consumer`,
-    /// and acknowledges + deletes it, in one atomic script. `Ok(false)` when the entry was no
-    /// longer pending (already acknowledged or moved, e.g. by a retried call): nothing is added.
+    /// and acknowledges + deletes it, in one atomic script, only while this consumer holds it.
+    /// `Ok(false)` when the entry was no longer pending (already acknowledged or moved, e.g. by a
+    /// retried call) or another consumer holds it now: nothing is added.
     pub async fn dead_letter(
         &self,
         delivery: &Delivery,
@@ -517,7 +577,8 @@ impl Queue {
                     .arg(delivery.payload.as_slice())
                     .arg(error_code)
                     .arg(message)
-                    .arg(&failed_at);
+                    .arg(&failed_at)
+                    .arg(&self.cfg.consumer);
                 async move { cmd.query_async(&mut c).await }
             })
             .await?;
@@ -563,6 +624,33 @@ impl Queue {
             pending,
             waiting: length.saturating_sub(pending),
             dead,
+        })
+    }
+
+    /// Whether anything is in the stream and how long ago the last entry was added (one round
+    /// trip, not retried), for `EXIT_WHEN_IDLE`.
+    pub async fn activity(&self) -> Result<QueueActivity> {
+        let (length, last_id, secs, micros): (u64, String, u64, u64) = self
+            .once("activity", || {
+                let mut c = self.conn.clone();
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(ACTIVITY_LUA).arg(1).arg(&self.cfg.stream);
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        let now_ms = secs * 1000 + micros / 1000;
+        let last_ms = last_id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(QueueActivity {
+            length,
+            since_last_added_ms: if last_ms == 0 {
+                u64::MAX
+            } else {
+                now_ms.saturating_sub(last_ms)
+            },
         })
     }
 

@@ -48,8 +48,10 @@ impl StorageConfig {
         })
     }
 
-    /// Accepts `bucket`/`key` only inside our bucket and prefix, and only as a plain object key.
-    pub fn check(&self, bucket: &str, key: &str) -> Result<()> {
+    /// Accepts `bucket`/`key` only inside our bucket and the folder of the job's user,
+    /// `{AUDIO_KEY_PREFIX}{user_id}/`, and only as a plain object key: the one key rule of
+    /// [`crate::job::check_owned_key`], which the Edge Function shares.
+    pub fn check(&self, bucket: &str, user_id: &str, key: &str) -> Result<()> {
         let forbid = |why: &str| {
             Err(Error::new(
                 ErrorCode::StorageForbiddenKey,
@@ -59,22 +61,8 @@ impl StorageConfig {
         if bucket != self.bucket {
             return forbid("it is not in the configured bucket");
         }
-        if key.is_empty() || key.len() > 1024 {
-            return forbid("empty or longer than 1024 bytes");
-        }
-        if key.starts_with('/') || key.contains("://") || key.contains('\\') {
-            return forbid("it must be a relative object key, not a path or URL");
-        }
-        if key.split('/').any(|part| part == ".." || part == ".") {
-            return forbid("it contains a '.' or '..' segment");
-        }
-        if key.chars().any(char::is_control) {
-            return forbid("it contains control characters");
-        }
-        if let Some(prefix) = &self.prefix
-            && !key.starts_with(prefix.as_str())
-        {
-            return forbid("it is outside the configured prefix");
+        if let Err(why) = crate::job::check_owned_key(self.prefix.as_deref(), user_id, key) {
+            return forbid(&why);
         }
         Ok(())
     }
@@ -122,6 +110,8 @@ pub struct S3Object {
     pub client: Client,
     pub config: StorageConfig,
     pub bucket: String,
+    /// The job's user: the key must lie in their folder.
+    pub user_id: String,
     pub key: String,
 }
 
@@ -138,7 +128,7 @@ impl AudioSource for S3Object {
 
     fn fetch<'a>(&'a self, dir: &'a Path) -> BoxFuture<'a, Result<PathBuf>> {
         Box::pin(async move {
-            self.config.check(&self.bucket, &self.key)?;
+            self.config.check(&self.bucket, &self.user_id, &self.key)?;
             let path = dir.join("input.audio");
             let result = download(self, &path).await;
             if result.is_err() {
@@ -235,9 +225,9 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_keys_in_our_bucket_and_prefix_are_allowed() {
+    fn only_plain_keys_in_our_bucket_and_the_users_folder_are_allowed() {
         let c = cfg(Some("recordings/"));
-        assert!(c.check("audio", "recordings/u1/s1.webm").is_ok());
+        assert!(c.check("audio", "u1", "recordings/u1/s1.webm").is_ok());
         for (bucket, key) in [
             ("other", "recordings/u1/s1.webm"),
             ("audio", "../etc/passwd"),
@@ -249,11 +239,39 @@ mod tests {
             ("audio", ""),
             ("audio", "recordings/a\nb"),
             ("audio", "recordings\\..\\a"),
+            ("audio", "recordings/u2/s1.webm"),
+            ("audio", "recordings/u1/./s1.webm"),
+            ("audio", "recordings/u1//s1.webm"),
+            ("audio", "recordings/u1/"),
+            ("audio", "recordings/u1"),
         ] {
-            let err = c.check(bucket, key).unwrap_err();
+            let err = c.check(bucket, "u1", key).unwrap_err();
             assert_eq!(err.code, ErrorCode::StorageForbiddenKey, "{bucket}/{key}");
         }
-        assert!(cfg(None).check("audio", "any/key.m4a").is_ok());
+        assert!(cfg(None).check("audio", "u1", "u1/key.m4a").is_ok());
+        assert!(cfg(None).check("audio", "u1", "any/key.m4a").is_err());
+    }
+
+    /// The vectors the Edge Function's tests read too (`schemas/audio-key-vectors.json`).
+    #[test]
+    fn the_shared_key_vectors_hold() {
+        let text = include_str!("../schemas/audio-key-vectors.json");
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let prefix = v["prefix"].as_str().unwrap();
+        let user = v["user_id"].as_str().unwrap();
+        let c = cfg(Some(prefix));
+        let cases = v["cases"].as_array().unwrap();
+        assert!(cases.len() >= 20);
+        for case in cases {
+            let key = case["key"].as_str().unwrap();
+            let ok = case["ok"].as_bool().unwrap();
+            let got = c.check("audio", user, key);
+            assert_eq!(got.is_ok(), ok, "{key:?} ({}): {got:?}", case["why"]);
+            // The job's own (user-independent) part agrees too.
+            if ok {
+                assert_eq!(crate::job::key_problem(key), None, "{key:?}");
+            }
+        }
     }
 
     #[test]

@@ -203,9 +203,10 @@ impl SupabaseClient {
             ));
         }
         let rest_url = config.rest_url();
-        let rest = Postgrest::new(rest_url.clone())
-            .insert_header("apikey", key)
-            .insert_header("Authorization", format!("Bearer {key}"));
+        let mut rest = Postgrest::new(rest_url.clone());
+        for (name, value) in auth_headers(key) {
+            rest = rest.insert_header(name, value);
+        }
         Ok(SupabaseClient {
             rest,
             rest_url,
@@ -296,6 +297,13 @@ impl SupabaseClient {
     /// the job is marked `error` with the analysis' code: it fails visibly, never "completed"
     /// without its analysis. Whether to retry it is the caller's decision.
     pub async fn upsert_result(&self, result: &JobResult, user_id: &str) -> Result<()> {
+        self.store_result(result, user_id).await?;
+        self.mark_result_stored(result).await
+    }
+
+    /// The first half of [`SupabaseClient::upsert_result`]: the result row alone (an upsert keyed
+    /// by session_id). The worker confirms its claim between the two halves.
+    pub async fn store_result(&self, result: &JobResult, user_id: &str) -> Result<()> {
         let body = result_row(result, user_id)?.to_string();
         let what = format!("the result of session {}", result.session_id);
         self.send(
@@ -308,7 +316,13 @@ impl SupabaseClient {
             },
             PREFER_UPSERT,
         )
-        .await?;
+        .await
+        .map(drop)
+    }
+
+    /// The second half of [`SupabaseClient::upsert_result`]: the job row says completed, or
+    /// error with the analysis' code when the analysis failed.
+    pub async fn mark_result_stored(&self, result: &JobResult) -> Result<()> {
         if let (AnalysisStatus::Failed, Some(e)) = (result.analysis_status, &result.analysis_error)
         {
             let err = Error::new(e.code, e.message.clone());
@@ -441,6 +455,18 @@ impl SupabaseClient {
             tokio::time::sleep(self.retry.backoff(attempt, retry_after)).await;
         }
     }
+}
+
+/// The headers that carry the service key. A legacy `service_role` key is a JWT and goes in
+/// both `apikey` and `Authorization: Bearer`; a new secret key (`sb_secret_…`) is not a JWT and
+/// goes in `apikey` only (Supabase's gateway then acts as service_role; a non-JWT bearer token is
+/// refused).
+pub fn auth_headers(key: &str) -> Vec<(&'static str, String)> {
+    let mut headers = vec![("apikey", key.to_string())];
+    if !key.starts_with("sb_") {
+        headers.push(("Authorization", format!("Bearer {key}")));
+    }
+    headers
 }
 
 /// Worth another try: the server is overloaded, restarting, or the request timed out there.
@@ -616,6 +642,29 @@ mod tests {
             SupabaseClient::new(&bad).unwrap_err().code,
             ErrorCode::ConfigMissing
         );
+    }
+
+    #[test]
+    fn new_secret_keys_go_in_apikey_only_legacy_jwts_in_both() {
+        assert_eq!(
+            auth_headers("sb_secret_abc123"),
+            [("apikey", "sb_secret_abc123".to_string())]
+        );
+        assert_eq!(
+            auth_headers("eyJhbGciOiJIUzI1NiJ9.e30.sig"),
+            [
+                ("apikey", "eyJhbGciOiJIUzI1NiJ9.e30.sig".to_string()),
+                (
+                    "Authorization",
+                    "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig".to_string()
+                )
+            ]
+        );
+        let config = SupabaseConfig {
+            url: "https://x.supabase.co".into(),
+            service_key: "sb_secret_abc123".into(),
+        };
+        SupabaseClient::new(&config).unwrap();
     }
 
     #[test]

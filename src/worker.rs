@@ -21,6 +21,7 @@
 //! One fetcher (this loop) and up to `concurrency` job tasks. CPU work inside a job runs on the
 //! blocking pool (`pipeline`), so the runtime stays free for heartbeats, HTTP and Redis.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -149,6 +150,7 @@ pub async fn run(
     // None until the first look (subtracting from `Instant::now()` can underflow on a machine
     // that booted seconds ago, as a freshly started Fly machine has).
     let mut depth_checked: Option<Instant> = None;
+    let mut idle = IdleClock::new();
     let reason = loop {
         while let Some(done) = jobs.try_join_next() {
             record(&mut summary, done);
@@ -186,14 +188,9 @@ pub async fn run(
                 while let Some(done) = jobs.try_join_next() {
                     record(&mut summary, done);
                 }
-                let idle_for = last_done
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .elapsed();
                 if let Some(limit) = opts.exit_when_idle
                     && jobs.is_empty()
-                    && idle_for >= limit
-                    && queue_is_empty(&services.queue).await
+                    && idle.quiet_for(&services.queue, &last_done).await >= limit
                 {
                     break StopReason::Idle;
                 }
@@ -271,10 +268,46 @@ async fn publish_depth(queue: &Queue) {
     }
 }
 
-/// Idle means nothing unfinished anywhere: a pending entry of a worker that died must still be
-/// reclaimed by someone, so the last worker does not leave while one exists.
-async fn queue_is_empty(queue: &Queue) -> bool {
-    matches!(queue.depth().await, Ok(d) if d.length == 0)
+/// How long the queue has been quiet: no job of ours running, and nothing in the stream (waiting,
+/// not yet delivered to the group, or pending with any consumer), for that long.
+///
+/// The stream is sampled at every empty read (the daemon shortens the read's block to a fifth of
+/// `EXIT_WHEN_IDLE`), and an entry added since (the stream's last generated id, against Redis'
+/// clock) counts as activity even when another worker took and finished it between two samples.
+/// A pending entry of a worker that died must still be reclaimed by someone, so the last worker
+/// does not leave while one exists.
+struct IdleClock {
+    /// When the stream was last seen holding an entry (or Redis could not be read).
+    busy_at: Instant,
+}
+
+impl IdleClock {
+    fn new() -> IdleClock {
+        IdleClock {
+            busy_at: Instant::now(),
+        }
+    }
+
+    async fn quiet_for(&mut self, queue: &Queue, last_done: &Mutex<Instant>) -> Duration {
+        match queue.activity().await {
+            Ok(a) if a.length == 0 => {
+                // Entries added (and finished by others) since the last sample.
+                let added_ago = Duration::from_millis(a.since_last_added_ms);
+                if let Some(at) = Instant::now().checked_sub(added_ago)
+                    && at > self.busy_at
+                {
+                    self.busy_at = at;
+                }
+            }
+            Ok(_) => self.busy_at = Instant::now(),
+            Err(e) => {
+                warn!(error = %e, "cannot read the queue's activity");
+                self.busy_at = Instant::now();
+            }
+        }
+        let done = *last_done.lock().unwrap_or_else(|p| p.into_inner());
+        self.busy_at.max(done).elapsed()
+    }
 }
 
 /// Runs one delivery to its end. Never panics out and never returns an error: every path ends
@@ -290,9 +323,15 @@ pub async fn process(
             let span = info_span!("job", entry_id = %delivery.entry_id, attempt = delivery.attempt);
             let outcome = async {
                 // The row of a job we cannot read can still be found by its session id, if the
-                // payload has a well-formed one: the user then sees the failure.
-                let session = session_hint(&delivery.payload);
-                fail(services, &delivery, session.as_deref(), &err).await
+                // payload has a well-formed one: the user then sees the failure. Not when jobs
+                // must be signed: an unreadable job is not authenticated, and its session id may
+                // name anyone's row; it is only dead-lettered.
+                let session = match services.signing_secret {
+                    Some(_) => None,
+                    None => session_hint(&delivery.payload),
+                };
+                let claim = Claim::new(Arc::clone(&services.queue), delivery.entry_id.clone());
+                fail(services, &delivery, &claim, session.as_deref(), &err).await
             }
             .instrument(span)
             .await;
@@ -333,6 +372,45 @@ async fn process_job(
 ) -> Outcome {
     let session = job.session_id.as_str();
     info!(attempt = delivery.attempt, key = %job.audio.key, "job claimed");
+    // Keep the claim alive from this moment (the first refresh is immediate), and learn when
+    // another worker took it. Every state change below first confirms the claim is still ours.
+    let claim = Arc::new(Claim::new(
+        Arc::clone(&services.queue),
+        delivery.entry_id.clone(),
+    ));
+    let heartbeat = tokio::spawn(Arc::clone(&claim).keep_alive().in_current_span());
+    let outcome = run_claimed(services, delivery, job, session, &claim, cancel).await;
+    heartbeat.abort();
+    outcome
+}
+
+async fn run_claimed(
+    services: &Services,
+    delivery: &Delivery,
+    job: &Job,
+    session: &str,
+    claim: &Arc<Claim>,
+    cancel: watch::Receiver<bool>,
+) -> Outcome {
+    let secret = services.signing_secret.as_deref();
+    if let Err(err) = job.check_signature(secret, SystemTime::now(), services.job_max_age) {
+        // Nothing in a job that is not authenticated is trusted, its session id least of all:
+        // no row is written (it may be another user's); the dead letter keeps the evidence.
+        return fail(services, delivery, claim, None, &err).await;
+    }
+    // "Already completed" comes before "attempts exhausted": a worker that died between the
+    // completed write and the acknowledgement leaves a finished job, whatever its count.
+    let state = services.supabase.job_status(session).await;
+    if let Ok(Some(state)) = &state
+        && state.status == JobStatus::Completed
+    {
+        info!("the session already completed; acknowledging the duplicate");
+        return match services.queue.ack(&delivery.entry_id).await {
+            Ok(true) => Outcome::Duplicate,
+            Ok(false) => abandoned(),
+            Err(e) => retry_later(services, delivery, claim, job, &e).await,
+        };
+    }
     if services.queue.exhausted(delivery) {
         let err = Error::new(
             ErrorCode::Internal,
@@ -341,21 +419,9 @@ async fn process_job(
                 delivery.attempt - 1
             ),
         );
-        return fail(services, delivery, Some(session), &err).await;
+        return fail(services, delivery, claim, Some(session), &err).await;
     }
-    let secret = services.signing_secret.as_deref();
-    if let Err(err) = job.check_signature(secret, SystemTime::now(), services.job_max_age) {
-        return fail(services, delivery, Some(session), &err).await;
-    }
-
-    match services.supabase.job_status(session).await {
-        Ok(Some(state)) if state.status == JobStatus::Completed => {
-            info!("the session already completed; acknowledging the duplicate");
-            return match services.queue.ack(&delivery.entry_id).await {
-                Ok(()) => Outcome::Duplicate,
-                Err(e) => retry_later(services, delivery, job, &e).await,
-            };
-        }
+    match state {
         Ok(Some(_)) => {}
         Ok(None) => {
             let row = NewJob {
@@ -365,48 +431,37 @@ async fn process_job(
                 audio_bucket: Some(job.audio.bucket.clone()),
                 audio_key: Some(job.audio.key.clone()),
             };
+            if let Err(e) = claim.confirm().await {
+                return decide(services, delivery, claim, job, &e).await;
+            }
             if let Err(e) = services.supabase.ensure_job(&row).await {
-                return decide(services, delivery, job, &e).await;
+                return decide(services, delivery, claim, job, &e).await;
             }
         }
-        Err(e) => return decide(services, delivery, job, &e).await,
+        Err(e) => return decide(services, delivery, claim, job, &e).await,
     }
 
-    // Keep the claim alive while the job runs; learn when another worker took it.
-    let (lost_tx, mut lost) = watch::channel(false);
-    let heartbeat = tokio::spawn({
-        let (queue, entry) = (Arc::clone(&services.queue), delivery.entry_id.clone());
-        let every = queue.config().heartbeat_interval();
-        async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match queue.heartbeat(&entry).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        let _ = lost_tx.send(true);
-                        return;
-                    }
-                    Err(e) => {
-                        telemetry::count_retry("redis");
-                        warn!(error = %e, "heartbeat failed; trying again");
-                    }
-                }
-            }
-        }
-        .in_current_span()
-    });
+    // The key must lie in the folder of the job's user: refused before anything is downloaded.
+    if let Err(err) = services
+        .storage
+        .check(&job.audio.bucket, &job.user_id, &job.audio.key)
+    {
+        return fail(services, delivery, claim, Some(session), &err).await;
+    }
 
     let progress = Arc::new(StageTimer::new(
         services
             .supabase
             .progress(session)
             .with_attempt(delivery.attempt),
+        Arc::clone(claim),
     ));
     let ports = Ports {
         source: Arc::new(S3Object {
             client: services.s3.clone(),
             config: services.storage.clone(),
             bucket: job.audio.bucket.clone(),
+            user_id: job.user_id.clone(),
             key: job.audio.key.clone(),
         }),
         transcriber: Arc::clone(&services.transcriber),
@@ -414,30 +469,107 @@ async fn process_job(
         progress: progress.clone(),
     };
     let mut cancel = cancel;
+    let mut lost = claim.lost_rx.clone();
     let pipeline_job = job.pipeline_job();
     let ran = tokio::select! {
         r = pipeline::run(&pipeline_job, &ports, &services.pipeline) => Some(r),
         _ = cancel.wait_for(|stop| *stop) => None,
-        _ = lost.wait_for(|lost| *lost) => {
-            heartbeat.abort();
-            warn!("another worker holds this job now; leaving it to them");
-            return Outcome::Abandoned;
-        }
+        _ = lost.wait_for(|lost| *lost) => return abandoned(),
     };
     let outcome = match ran {
-        None => interrupted(services, delivery, job).await,
-        Some(Err(err)) => decide(services, delivery, job, &err).await,
-        Some(Ok(result)) => finish(services, delivery, job, &result, &progress).await,
+        None => interrupted(services, delivery, claim, job).await,
+        Some(Err(err)) => decide(services, delivery, claim, job, &err).await,
+        Some(Ok(result)) => finish(services, delivery, claim, job, &result, &progress).await,
     };
-    heartbeat.abort();
     progress.finish();
     outcome
+}
+
+fn abandoned() -> Outcome {
+    warn!("another worker holds this job now; leaving it to them");
+    Outcome::Abandoned
+}
+
+/// This worker's hold on one stream entry. The heartbeat ([`Claim::keep_alive`]) refreshes it
+/// from the moment of the claim; [`Claim::confirm`] refreshes it and fails unless it is still
+/// ours, and is called before every state change, so a superseded attempt writes nothing more.
+struct Claim {
+    queue: Arc<Queue>,
+    entry_id: String,
+    lost: AtomicBool,
+    lost_tx: watch::Sender<bool>,
+    lost_rx: watch::Receiver<bool>,
+}
+
+impl Claim {
+    fn new(queue: Arc<Queue>, entry_id: String) -> Claim {
+        let (lost_tx, lost_rx) = watch::channel(false);
+        Claim {
+            queue,
+            entry_id,
+            lost: AtomicBool::new(false),
+            lost_tx,
+            lost_rx,
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    fn mark_lost(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        let _ = self.lost_tx.send(true);
+    }
+
+    /// Refreshes the claim; `Ok(true)` while it is ours.
+    async fn refresh(&self) -> Result<bool> {
+        if self.is_lost() {
+            return Ok(false);
+        }
+        let held = self.queue.heartbeat(&self.entry_id).await?;
+        if !held {
+            self.mark_lost();
+        }
+        Ok(held)
+    }
+
+    /// Ok when the claim is (still) ours: then a write may follow. An error otherwise (also when
+    /// Redis cannot say: better no write than one from a superseded attempt).
+    async fn confirm(&self) -> Result<()> {
+        match self.refresh().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::new(
+                ErrorCode::Internal,
+                "the claim on this job was lost: another worker holds it now",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Heartbeats every third of the visibility timeout, starting at once, until the claim is
+    /// lost (or the task is aborted when the job ends).
+    async fn keep_alive(self: Arc<Self>) {
+        let every = self.queue.config().heartbeat_interval();
+        loop {
+            match self.refresh().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    telemetry::count_retry("redis");
+                    warn!(error = %e, "heartbeat failed; trying again");
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
 }
 
 /// Stores a finished pipeline's result and acknowledges, or fails/retries a failed analysis.
 async fn finish(
     services: &Services,
     delivery: &Delivery,
+    claim: &Claim,
     job: &Job,
     result: &JobResult,
     progress: &StageTimer,
@@ -447,23 +579,33 @@ async fn finish(
         && !services.queue.last_attempt(delivery)
     {
         let err = Error::new(e.code, format!("the analysis failed: {}", e.message));
-        return retry_later(services, delivery, job, &err).await;
+        return retry_later(services, delivery, claim, job, &err).await;
     }
     if let Err(e) = progress.report(Progress::at(Stage::Saving)).await {
-        return decide(services, delivery, job, &e).await;
+        return decide(services, delivery, claim, job, &e).await;
     }
-    if let Err(e) = services.supabase.upsert_result(result, &job.user_id).await {
-        return decide(services, delivery, job, &e).await;
+    if let Err(e) = claim.confirm().await {
+        return decide(services, delivery, claim, job, &e).await;
+    }
+    if let Err(e) = services.supabase.store_result(result, &job.user_id).await {
+        return decide(services, delivery, claim, job, &e).await;
+    }
+    if let Err(e) = claim.confirm().await {
+        return decide(services, delivery, claim, job, &e).await;
+    }
+    if let Err(e) = services.supabase.mark_result_stored(result).await {
+        return decide(services, delivery, claim, job, &e).await;
     }
     if let (AnalysisStatus::Failed, Some(e)) = (result.analysis_status, &result.analysis_error) {
-        // Stored, and the row already says error (upsert_result); the job goes to the dead
+        // Stored, and the row already says error (mark_result_stored); the job goes to the dead
         // letters so an operator can re-enqueue it once the analysis works again.
         let err = Error::new(e.code, format!("the analysis failed: {}", e.message));
-        return dead_letter(services, delivery, &err).await;
+        return dead_letter(services, delivery, claim, &err).await;
     }
     metrics::counter!(telemetry::AUDIO_SECONDS_TOTAL).increment(result.duration_s.round() as u64);
     match services.queue.ack(&delivery.entry_id).await {
-        Ok(()) => {
+        Ok(false) => abandoned(),
+        Ok(true) => {
             info!(
                 duration_s = result.duration_s,
                 turns = result.turns.len(),
@@ -479,19 +621,42 @@ async fn finish(
     }
 }
 
-/// Permanent errors and last attempts fail the job; anything else is retried later.
-async fn decide(services: &Services, delivery: &Delivery, job: &Job, err: &Error) -> Outcome {
+/// Permanent errors and last attempts fail the job; anything else is retried later. A job whose
+/// claim was lost is left to the worker holding it.
+async fn decide(
+    services: &Services,
+    delivery: &Delivery,
+    claim: &Claim,
+    job: &Job,
+    err: &Error,
+) -> Outcome {
+    if claim.is_lost() {
+        return abandoned();
+    }
     if err.code.is_retryable() && !services.queue.last_attempt(delivery) {
-        retry_later(services, delivery, job, err).await
+        retry_later(services, delivery, claim, job, err).await
     } else {
-        fail(services, delivery, Some(&job.session_id), err).await
+        fail(services, delivery, claim, Some(&job.session_id), err).await
     }
 }
 
 /// Leaves the entry pending: it comes back after the visibility timeout as the next attempt.
 /// The row goes back to queued so the browser shows waiting, not a failure that is not final.
-async fn retry_later(services: &Services, delivery: &Delivery, job: &Job, err: &Error) -> Outcome {
+async fn retry_later(
+    services: &Services,
+    delivery: &Delivery,
+    claim: &Claim,
+    job: &Job,
+    err: &Error,
+) -> Outcome {
     warn!(code = %err.code, error = %err.message, attempt = delivery.attempt, "retryable failure; the job will be retried");
+    if let Err(e) = claim.confirm().await {
+        if claim.is_lost() {
+            return abandoned();
+        }
+        warn!(error = %e, "cannot confirm the claim; the job row is left as it is");
+        return Outcome::Retrying(err.code);
+    }
     let queued = Progress::at(Stage::Queued);
     if let Err(e) = services
         .supabase
@@ -503,30 +668,48 @@ async fn retry_later(services: &Services, delivery: &Delivery, job: &Job, err: &
     Outcome::Retrying(err.code)
 }
 
-/// Marks the row failed (when there is a session to mark) and dead-letters the entry.
+/// Marks the row failed (when there is a session to mark) and dead-letters the entry, both only
+/// while the claim is ours.
 async fn fail(
     services: &Services,
     delivery: &Delivery,
+    claim: &Claim,
     session: Option<&str>,
     err: &Error,
 ) -> Outcome {
     error!(code = %err.code, error = %err.message, "job failed");
+    if let Err(e) = claim.confirm().await {
+        if claim.is_lost() {
+            return abandoned();
+        }
+        // Not sure it is ours: write nothing; the entry stays pending and comes back.
+        error!(error = %e, "cannot confirm the claim; the job stays pending");
+        return Outcome::Retrying(err.code);
+    }
     if let Some(session) = session
         && let Err(e) = services.supabase.mark_failed(session, err).await
     {
         // The dead letter still holds the job and its error: nothing is lost.
         error!(error = %e, "cannot mark the job row failed");
     }
-    dead_letter(services, delivery, err).await
+    dead_letter(services, delivery, claim, err).await
 }
 
-async fn dead_letter(services: &Services, delivery: &Delivery, err: &Error) -> Outcome {
+async fn dead_letter(
+    services: &Services,
+    delivery: &Delivery,
+    claim: &Claim,
+    err: &Error,
+) -> Outcome {
     match services
         .queue
         .dead_letter(delivery, err.code.as_str(), &err.message)
         .await
     {
-        Ok(_) => Outcome::Failed(err.code),
+        Ok(true) => Outcome::Failed(err.code),
+        // Not moved: a retried call already did, or another worker took the entry meanwhile.
+        Ok(false) if claim.is_lost() => abandoned(),
+        Ok(false) => Outcome::Failed(err.code),
         Err(e) => {
             // Still pending: reclaimed later, and dead-lettered then.
             error!(error = %e, "cannot dead-letter the job; it stays pending");
@@ -537,8 +720,17 @@ async fn dead_letter(services: &Services, delivery: &Delivery, err: &Error) -> O
 
 /// Shutdown outlasted the grace period: the row goes back to queued and the job is requeued so
 /// another worker can take it at once instead of after the visibility timeout.
-async fn interrupted(services: &Services, delivery: &Delivery, job: &Job) -> Outcome {
-    if let Err(e) = services.supabase.mark_queued(&job.session_id).await {
+async fn interrupted(
+    services: &Services,
+    delivery: &Delivery,
+    claim: &Claim,
+    job: &Job,
+) -> Outcome {
+    if claim.confirm().await.is_err() {
+        if claim.is_lost() {
+            return abandoned();
+        }
+    } else if let Err(e) = services.supabase.mark_queued(&job.session_id).await {
         warn!(error = %e, "cannot put the job row back to queued");
     }
     if let Err(e) = services.queue.requeue(delivery).await {
@@ -563,13 +755,15 @@ fn session_hint(payload: &[u8]) -> Option<String> {
 /// are not forwarded: the worker decides whether a failure is final, and writes it itself.
 struct StageTimer {
     inner: SupabaseProgress,
+    claim: Arc<Claim>,
     current: Mutex<Option<(Stage, Instant)>>,
 }
 
 impl StageTimer {
-    fn new(inner: SupabaseProgress) -> StageTimer {
+    fn new(inner: SupabaseProgress, claim: Arc<Claim>) -> StageTimer {
         StageTimer {
             inner,
+            claim,
             current: Mutex::new(None),
         }
     }
@@ -612,6 +806,8 @@ impl ProgressSink for StageTimer {
                 return Ok(());
             }
             self.enter(Some(progress.stage));
+            // Only the worker holding the claim writes.
+            self.claim.confirm().await?;
             self.inner.report(progress).await
         })
     }

@@ -61,6 +61,7 @@ async fn no_job_is_lost_or_doubled_under_kills_crashes_and_faults() {
         slow: 0.04,
         dropped: 0.03,
         slow_by: Duration::from_millis(1500),
+        slow_method: None,
     };
     let database = FaultPlan {
         rate_limited: 0.02,
@@ -68,6 +69,7 @@ async fn no_job_is_lost_or_doubled_under_kills_crashes_and_faults() {
         slow: 0.02,
         dropped: 0.02,
         slow_by: Duration::from_millis(800),
+        slow_method: None,
     };
     let mut stack = Stack::start_with(StackOptions {
         redis: RedisOptions {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use audio_worker::job::{self, Job};
 use common::daemon::*;
 use common::fakes::{GOOGLE_KEY, OPENAI_KEY};
+use common::faulty::FaultPlan;
 use common::s3::SECRET_KEY;
 use serde_json::Value;
 
@@ -60,13 +61,19 @@ async fn good_jobs_complete_once_and_poison_jobs_fail_visibly_with_their_codes()
         .unwrap();
     let garbage = format!(r#"{{"version":1,"session_id":"{invalid}","audio":"http://evil"}}"#);
     queue.enqueue(garbage.as_bytes()).await.unwrap();
-    // The Edge Function writes its row before enqueueing; the forged jobs' rows exist too.
+    // The forged jobs name sessions whose rows exist: another user's finished sessions. A job
+    // that is not authenticated must not touch them (issue 15, item 10).
     for session in [&unsigned, &badly_signed, &invalid] {
         stack.supabase.sql(
-            "insert into audio_processing_jobs (session_id, user_id) values (:'s', :'u')",
-            &[("s", session), ("u", USER)],
+            "insert into audio_processing_jobs (session_id, user_id, status, stage, progress, message) \
+             values (:'s', 'bbbbbbbb-0000-4000-8000-000000000002', 'completed', 'completed', 100, '分析完了！')",
+            &[("s", session)],
         );
     }
+    let forged_rows: Vec<Value> = [&unsigned, &badly_signed, &invalid]
+        .iter()
+        .map(|s| stack.supabase.job_row(s))
+        .collect();
 
     let mut worker = stack.worker("w1", &[]);
     let (status, body) = worker.get(worker.port, "/health").await;
@@ -143,16 +150,22 @@ async fn good_jobs_complete_once_and_poison_jobs_fail_visibly_with_their_codes()
     assert_eq!(dead.len(), expected.len());
     for (session, code) in expected {
         let row = stack.supabase.job_row(session);
-        assert_eq!(row["status"], "error", "{session}: {row}");
-        assert_eq!(row["error_code"], code, "{session}: {row}");
-        assert!(
-            row["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("エラーが発生しました: "),
-            "{row}"
-        );
-        assert_eq!(stack.supabase.result_count(session), 0);
+        if code.starts_with("QUEUE_") {
+            // Not authenticated: dead-lettered only, the row untouched.
+            assert!(forged_rows.contains(&row), "{session}: {row}");
+            assert_eq!(row["status"], "completed", "{session}: {row}");
+        } else {
+            assert_eq!(row["status"], "error", "{session}: {row}");
+            assert_eq!(row["error_code"], code, "{session}: {row}");
+            assert!(
+                row["message"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("エラーが発生しました: "),
+                "{row}"
+            );
+            assert_eq!(stack.supabase.result_count(session), 0);
+        }
         let letter = dead
             .iter()
             .find(|(_, f)| f["job"].contains(session.as_str()))
@@ -445,4 +458,337 @@ async fn every_bad_input_ends_with_its_code_after_one_attempt_and_the_worker_goe
         }
     }
     assert!(worker.leftovers().is_empty(), "{:?}", worker.leftovers());
+}
+
+/// The job's stream entry and who holds it, read straight from Redis.
+fn pending_entries(stack: &Stack) -> Vec<(String, String, u64)> {
+    let mut con = redis::Client::open(stack.redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg("audio:jobs")
+        .arg("audio-workers")
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query(&mut con)
+        .unwrap();
+    reply
+        .ids
+        .into_iter()
+        .map(|p| (p.id, p.consumer, p.times_delivered as u64))
+        .collect()
+}
+
+/// Issue 15, item 1: a Supabase slower than the visibility timeout (every read takes 10 s, the
+/// timeout is 3 s) must not let a second worker reclaim a job whose worker is alive: the claim is
+/// heartbeated from the moment it is made, before the first Supabase call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_supabase_does_not_let_a_second_worker_take_a_live_job() {
+    let slow_reads = FaultPlan {
+        slow: 1.0,
+        slow_by: Duration::from_secs(10),
+        slow_method: Some("GET"),
+        ..FaultPlan::default()
+    };
+    let stack = Stack::start_with(StackOptions {
+        faults: Some([FaultPlan::default(), FaultPlan::default(), slow_reads]),
+        ..StackOptions::default()
+    })
+    .await;
+    let session = uuid(31);
+    stack.enqueue(&session, GOOD_KEY, BUCKET);
+    let fast_reclaim = [("VISIBILITY_TIMEOUT_S", "3")];
+    let a = stack.worker("a", &fast_reclaim);
+    stack
+        .wait_for_depth(depth(1, 1, 0), Duration::from_secs(30))
+        .await;
+    let b = stack.worker("b", &fast_reclaim);
+    stack
+        .wait_for("the job to complete", Duration::from_secs(120), || {
+            stack.stage(&session).as_deref() == Some("completed")
+        })
+        .await;
+    stack
+        .wait_for_depth(depth(0, 0, 0), Duration::from_secs(30))
+        .await;
+    let logs = format!("{}{}", a.logs(), b.logs());
+    assert_eq!(
+        logs.matches("\"job claimed\"").count(),
+        1,
+        "the job was claimed more than once:\n{logs}"
+    );
+    assert_eq!(logs.matches("\"result stored\"").count(), 1, "{logs}");
+    assert_eq!(stack.supabase.job_row(&session)["attempts"], 1);
+    assert_eq!(stack.supabase.result_count(&session), 1);
+}
+
+/// Issue 15, item 1: once another worker holds the entry, the first one writes nothing more
+/// (no progress, no result, no acknowledgement), even when it would finish before its next
+/// periodic heartbeat: every state change first checks the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_superseded_worker_writes_nothing_more() {
+    let slow_writes = FaultPlan {
+        slow: 1.0,
+        slow_by: Duration::from_millis(1500),
+        slow_method: Some("PATCH"),
+        ..FaultPlan::default()
+    };
+    let stack = Stack::start_with(StackOptions {
+        faults: Some([FaultPlan::default(), FaultPlan::default(), slow_writes]),
+        ..StackOptions::default()
+    })
+    .await;
+    let session = uuid(32);
+    stack.enqueue(&session, GOOD_KEY, BUCKET);
+    // The default visibility timeout (120 s): the periodic heartbeat comes every 40 s, long after
+    // this job would have finished.
+    let a = stack.worker("a", &[]);
+    stack
+        .wait_for("worker a to start the job", Duration::from_secs(60), || {
+            stack.stage(&session).as_deref() == Some("downloading")
+        })
+        .await;
+    // Another worker takes the entry over (as XAUTOCLAIM does after a stall).
+    let pending = pending_entries(&stack);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let mut con = redis::Client::open(stack.redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg("audio:jobs")
+        .arg("audio-workers")
+        .arg("thief")
+        .arg(0)
+        .arg(&pending[0].0)
+        .query(&mut con)
+        .unwrap();
+    // A write already on its way may still land; nothing after it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let row = stack.supabase.job_row(&session);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        stack.supabase.job_row(&session),
+        row,
+        "a superseded worker went on writing; log:\n{}",
+        a.logs()
+    );
+    assert_ne!(row["status"], "completed");
+    assert_eq!(stack.supabase.result_count(&session), 0);
+    let pending = pending_entries(&stack);
+    assert_eq!(pending.len(), 1, "acknowledged by the superseded worker");
+    assert_eq!(pending[0].1, "thief");
+    assert!(a.logs().contains("\"abandoned\""), "{}", a.logs());
+}
+
+/// Puts the session's only entry into the pending list of a consumer that does not exist any
+/// more, with this delivery count (as if that many workers had died on it).
+fn strand_pending(stack: &Stack, consumer: &str, deliveries: u64) -> String {
+    let mut con = redis::Client::open(stack.redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("audio-workers")
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("audio:jobs")
+        .arg(">")
+        .query(&mut con)
+        .unwrap();
+    let id = read.keys[0].ids[0].id.clone();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg("audio:jobs")
+        .arg("audio-workers")
+        .arg(consumer)
+        .arg(0)
+        .arg(&id)
+        .arg("RETRYCOUNT")
+        .arg(deliveries)
+        .arg("JUSTID")
+        .query(&mut con)
+        .unwrap();
+    id
+}
+
+/// Issue 15, item 2: a worker died between the `completed` write and the XACK, on the last
+/// delivery: the redelivery finds the session completed and acknowledges it untouched, although
+/// its attempts are exhausted (it used to flip completed → error INTERNAL and dead-letter it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_completed_session_is_acknowledged_untouched_whatever_its_delivery_count() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let session = uuid(33);
+    stack.supabase.sql(
+        "insert into audio_processing_jobs (session_id, user_id, status, stage, progress, message, attempts) \
+         values (:'s', :'u', 'completed', 'completed', 100, '分析完了！', 3)",
+        &[("s", &session), ("u", USER)],
+    );
+    stack.enqueue(&session, GOOD_KEY, BUCKET);
+    strand_pending(&stack, "died-after-completing", 5);
+    let before = stack.supabase.job_row(&session);
+    let w = stack.worker("w", &[("VISIBILITY_TIMEOUT_S", "3")]);
+    let queue = stack.queue().await;
+    let start = Instant::now();
+    while queue.depth().await.unwrap().length > 0 && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(queue.depth().await.unwrap(), depth(0, 0, 0), "{}", w.logs());
+    assert_eq!(stack.supabase.job_row(&session), before, "{}", w.logs());
+    assert!(w.logs().contains("\"duplicate\""), "{}", w.logs());
+}
+
+/// Issue 15, item 3: EXIT_WHEN_IDLE counts from the moment the stream became empty, not from
+/// the end of this worker's last job: an entry pending with another worker keeps it here, and so
+/// does the time since that entry was finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exit_when_idle_waits_until_the_stream_has_been_empty_that_long() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let session = uuid(34);
+    stack.enqueue(&session, GOOD_KEY, BUCKET);
+    let id = strand_pending(&stack, "another-worker", 1);
+    let started = Instant::now();
+    let mut w = stack.worker("idle", &[("EXIT_WHEN_IDLE", "6s")]);
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(started.elapsed())).await;
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "left while a job was pending:\n{}",
+        w.logs()
+    );
+    // The other worker finishes its job.
+    let mut con = redis::Client::open(stack.redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: redis::Value = redis::pipe()
+        .cmd("XACK")
+        .arg("audio:jobs")
+        .arg("audio-workers")
+        .arg(&id)
+        .cmd("XDEL")
+        .arg("audio:jobs")
+        .arg(&id)
+        .query(&mut con)
+        .unwrap();
+    let emptied = Instant::now();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "left {:?} after the stream emptied (EXIT_WHEN_IDLE=6s):\n{}",
+        emptied.elapsed(),
+        w.logs()
+    );
+    assert_eq!(
+        w.exit_code(Duration::from_secs(20)).await,
+        0,
+        "{}",
+        w.logs()
+    );
+    assert!(emptied.elapsed() >= Duration::from_millis(4500));
+    assert!(w.logs().contains("the queue stayed empty; exiting"));
+}
+
+/// Issue 15, item 5: `rediss://` works, against a real redis-server that speaks only TLS with a
+/// certificate from a CA made here: trusted as a system root (rustls-native-certs reads
+/// SSL_CERT_FILE), or named by REDIS_TLS_CA_FILE; untrusted, it fails on the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_redis_works_with_the_system_roots_or_a_private_ca() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let tls = common::servers::TlsRedisServer::start();
+    let (url, ca) = (tls.url(), tls.ca_file.display().to_string());
+    let session = uuid(35);
+    let enqueue = |extra: &[(&str, &str)]| {
+        command(
+            &stack,
+            &[
+                "enqueue",
+                "--session-id",
+                &session,
+                "--user-id",
+                USER,
+                "--key",
+                GOOD_KEY,
+                "--bucket",
+                BUCKET,
+            ],
+            extra,
+        )
+    };
+    let out = enqueue(&[("REDIS_URL", &url), ("SSL_CERT_FILE", &ca)]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tls.log_tail()
+    );
+    let mut w = stack.worker(
+        "tls",
+        &[
+            ("REDIS_URL", &url),
+            ("REDIS_TLS_CA_FILE", &ca),
+            ("EXIT_WHEN_IDLE", "1s"),
+        ],
+    );
+    assert_eq!(
+        w.exit_code(Duration::from_secs(90)).await,
+        0,
+        "{}",
+        w.logs()
+    );
+    assert_eq!(stack.supabase.job_row(&session)["status"], "completed");
+    assert_eq!(stack.supabase.result_count(&session), 1);
+
+    // A CA nobody trusts: refused for its certificate.
+    let empty_roots = stack.dir.path().join("no-roots.pem");
+    std::fs::write(&empty_roots, "").unwrap();
+    let out = enqueue(&[
+        ("REDIS_URL", &url),
+        ("SSL_CERT_FILE", empty_roots.to_str().unwrap()),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains("certificate") && !stderr.contains("not enabled"),
+        "{stderr}"
+    );
+}
+
+/// Issue 15, item 11: a signed job for user A naming user B's recording is refused by the worker
+/// itself (not only by the Edge Function), before anything is downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_naming_another_users_recording_is_refused() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let other = "bbbbbbbb-0000-4000-8000-000000000002";
+    let theirs = format!("users/{other}/clear.flac");
+    let clear = std::fs::read(common::fixture("dialogues/clear.flac")).unwrap();
+    stack.s3.put(BUCKET, &theirs, &clear);
+    let session = uuid(36);
+    stack.supabase.sql(
+        "insert into audio_processing_jobs (session_id, user_id) values (:'s', :'u')",
+        &[("s", &session), ("u", USER)],
+    );
+    stack.enqueue(&session, &theirs, BUCKET);
+    let mut w = stack.worker("w", &[("EXIT_WHEN_IDLE", "1s")]);
+    assert_eq!(
+        w.exit_code(Duration::from_secs(60)).await,
+        0,
+        "{}",
+        w.logs()
+    );
+    let row = stack.supabase.job_row(&session);
+    assert_eq!(row["status"], "error", "{row}");
+    assert_eq!(row["error_code"], "STORAGE_FORBIDDEN_KEY", "{row}");
+    assert_eq!(stack.supabase.result_count(&session), 0);
+    let stages: Vec<Value> = stack.supabase.progress_of(&session).await;
+    assert!(
+        stages.iter().all(|b| b["stage"] != "downloading"),
+        "{stages:?}"
+    );
+    let dead = stack.queue().await.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1["error_code"], "STORAGE_FORBIDDEN_KEY");
 }

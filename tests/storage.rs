@@ -16,6 +16,7 @@ fn object(server: &S3Server, bucket: &str, key: &str, max_bytes: u64) -> S3Objec
             max_bytes,
         },
         bucket: bucket.into(),
+        user_id: "u1".into(),
         key: key.into(),
     }
 }
@@ -36,13 +37,13 @@ async fn downloads_an_allowed_key_byte_for_byte() {
 #[tokio::test]
 async fn missing_forbidden_and_oversized_objects_fail_with_their_codes() {
     let server = S3Server::start(&["audio", "other"]).await;
-    server.put("audio", "recordings/big.wav", &vec![7u8; 4096]);
+    server.put("audio", "recordings/u1/big.wav", &vec![7u8; 4096]);
     server.put("other", "recordings/x.webm", b"not ours");
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         (
             "audio",
-            "recordings/missing.webm",
+            "recordings/u1/missing.webm",
             1 << 20,
             ErrorCode::StorageNotFound,
         ),
@@ -58,6 +59,13 @@ async fn missing_forbidden_and_oversized_objects_fail_with_their_codes() {
             1 << 20,
             ErrorCode::StorageForbiddenKey,
         ),
+        // Another user's recording (issue 15, item 11).
+        (
+            "audio",
+            "recordings/u2/big.wav",
+            1 << 20,
+            ErrorCode::StorageForbiddenKey,
+        ),
         (
             "audio",
             "http://169.254.169.254/latest",
@@ -66,7 +74,7 @@ async fn missing_forbidden_and_oversized_objects_fail_with_their_codes() {
         ),
         (
             "audio",
-            "recordings/big.wav",
+            "recordings/u1/big.wav",
             1000,
             ErrorCode::AudioTooLarge,
         ),
@@ -88,8 +96,8 @@ async fn missing_forbidden_and_oversized_objects_fail_with_their_codes() {
 #[tokio::test]
 async fn wrong_credentials_are_a_download_failure_not_a_missing_file() {
     let server = S3Server::start(&["audio"]).await;
-    server.put("audio", "recordings/a.webm", b"x");
-    let mut obj = object(&server, "audio", "recordings/a.webm", 1 << 20);
+    server.put("audio", "recordings/u1/a.webm", b"x");
+    let mut obj = object(&server, "audio", "recordings/u1/a.webm", 1 << 20);
     let creds = aws_sdk_s3::config::Credentials::new("wrong", "wrong-secret", None, None, "test");
     obj.client = aws_sdk_s3::Client::from_conf(
         obj.client

@@ -238,7 +238,8 @@ async fn a_client_error_fails_at_once_with_the_apis_message() {
     )
     .await
     .unwrap_err();
-    assert_eq!(err.code, ErrorCode::WhisperFailed);
+    assert_eq!(err.code, ErrorCode::WhisperRejected);
+    assert!(!err.code.is_retryable(), "the whole job must not be redone");
     assert!(err.message.contains("Invalid file format."), "{err}");
     assert_eq!(
         server.received_requests().await.unwrap().len(),
@@ -461,5 +462,60 @@ async fn a_rate_limit_in_one_lane_pauses_every_lane() {
         next.duration_since(limited_at) >= Duration::from_millis(950),
         "the other lane went on after {:?}",
         next.duration_since(limited_at)
+    );
+}
+
+/// Issue 15, item 8: a 429 saying `insufficient_quota` is an account problem: one request, a
+/// permanent code of its own; a 408 is retried, after `retry-after-ms`.
+#[tokio::test]
+async fn no_quota_fails_at_once_and_a_request_timeout_is_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(ResponseTemplate::new(429).set_body_json(serde_json::json!({
+            "error": {"message": "You exceeded your current quota.", "type": "insufficient_quota",
+                      "param": null, "code": "insufficient_quota"}
+        })))
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = run(
+        config(&server, ResponseMode::Segments),
+        chunks(dir.path(), &[(0.0, 10.0)]),
+        1,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::WhisperQuotaExceeded, "{err}");
+    assert!(!err.code.is_retryable());
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(openai_error(408, "Request timeout.").insert_header("retry-after-ms", "300"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(ResponseTemplate::new(200).set_body_json(verbose(&[(0.0, 1.0, "成功")])))
+        .with_priority(9)
+        .mount(&server)
+        .await;
+    let started = std::time::Instant::now();
+    let t = run(
+        config(&server, ResponseMode::Segments),
+        chunks(dir.path(), &[(0.0, 10.0)]),
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.segments[0].text, "成功");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "retry-after-ms was not honoured"
     );
 }

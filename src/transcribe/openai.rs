@@ -169,11 +169,7 @@ impl OpenAiTranscriber {
                     let response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
                     let mut s = seen.lock().expect("not poisoned");
                     s.status = Some(response.status().as_u16());
-                    s.retry_after = response
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
+                    s.retry_after = retry_after_of(response.headers());
                     Ok::<_, OpenAIError>(response)
                 }
             })
@@ -210,7 +206,11 @@ impl OpenAiTranscriber {
                 Err(e) => Attempt::Retry(format!("unreadable reply: {e}"), None, false),
             },
             Err(OpenAIError::ApiError(api)) => {
-                classify(api.status_code.as_u16(), &api.api_error.message, seen)
+                let e = &api.api_error;
+                let quota = [&e.code, &e.r#type]
+                    .iter()
+                    .any(|v| v.as_deref() == Some("insufficient_quota"));
+                classify(api.status_code.as_u16(), &e.message, quota, seen)
             }
             Err(OpenAIError::Reqwest(e)) if e.is_timeout() => {
                 Attempt::Retry("the request timed out".into(), None, false)
@@ -219,7 +219,12 @@ impl OpenAiTranscriber {
                 Attempt::Retry(format!("connection failed: {e}"), None, false)
             }
             Err(OpenAIError::JSONDeserialize(_, body)) => match seen.status {
-                Some(status) if status >= 400 => classify(status, &snippet(&body), seen),
+                Some(status) if status >= 400 => classify(
+                    status,
+                    &snippet(&body),
+                    body.contains("insufficient_quota"),
+                    seen,
+                ),
                 _ => Attempt::Retry(format!("unreadable reply: {}", snippet(&body)), None, false),
             },
             Err(OpenAIError::FileReadError(e)) => Attempt::Fail(Error::new(
@@ -248,12 +253,41 @@ enum Attempt {
     Fail(Error),
 }
 
-fn classify(status: u16, message: &str, seen: Seen) -> Attempt {
+/// Retry-After as OpenAI sends it: `retry-after-ms` (milliseconds) first, else `retry-after`
+/// (seconds).
+fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let ms = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0));
+    ms.or_else(|| {
+        headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+    })
+}
+
+/// An error reply: 408, 429 (a rate limit) and 5xx are worth another try; a 429 saying
+/// `insufficient_quota` is an account problem (permanent, its own code); any other 4xx is the
+/// request itself (permanent).
+fn classify(status: u16, message: &str, quota: bool, seen: Seen) -> Attempt {
     match status {
+        429 if quota => Attempt::Fail(Error::new(
+            ErrorCode::WhisperQuotaExceeded,
+            format!("the OpenAI account has no quota left (429 insufficient_quota): {message}"),
+        )),
         429 => Attempt::Retry(
             format!("rate limited (429): {message}"),
             seen.retry_after,
             true,
+        ),
+        408 => Attempt::Retry(
+            format!("request timeout (408): {message}"),
+            seen.retry_after,
+            false,
         ),
         500..=599 => Attempt::Retry(
             format!("server error ({status}): {message}"),
@@ -261,7 +295,7 @@ fn classify(status: u16, message: &str, seen: Seen) -> Attempt {
             false,
         ),
         _ => Attempt::Fail(Error::new(
-            ErrorCode::WhisperFailed,
+            ErrorCode::WhisperRejected,
             format!("the transcription API refused the request ({status}): {message}"),
         )),
     }
@@ -318,6 +352,50 @@ impl Transcriber for OpenAiTranscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn outcome(status: u16, quota: bool) -> std::result::Result<bool, ErrorCode> {
+        match classify(status, "m", quota, Seen::default()) {
+            Attempt::Retry(_, _, rate_limited) => Ok(rate_limited),
+            Attempt::Fail(e) => Err(e.code),
+            Attempt::Done(_) => unreachable!(),
+        }
+    }
+
+    /// Issue 15, item 8: what is permanent is permanent, with its own code.
+    #[test]
+    fn error_replies_are_classified() {
+        assert_eq!(outcome(429, false), Ok(true), "a rate limit is retried");
+        assert_eq!(outcome(429, true), Err(ErrorCode::WhisperQuotaExceeded));
+        assert_eq!(
+            outcome(408, false),
+            Ok(false),
+            "a request timeout is retried"
+        );
+        for status in [500, 502, 503, 504] {
+            assert_eq!(outcome(status, false), Ok(false), "{status}");
+        }
+        for status in [400, 401, 403, 404, 413, 415, 422] {
+            assert_eq!(
+                outcome(status, false),
+                Err(ErrorCode::WhisperRejected),
+                "{status}"
+            );
+        }
+        assert!(!ErrorCode::WhisperQuotaExceeded.is_retryable());
+        assert!(!ErrorCode::WhisperRejected.is_retryable());
+        assert!(ErrorCode::WhisperRateLimited.is_retryable());
+    }
+
+    #[test]
+    fn retry_after_ms_comes_first() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(retry_after_of(&h), Some(Duration::from_secs(2)));
+        h.insert("retry-after-ms", "350".parse().unwrap());
+        assert_eq!(retry_after_of(&h), Some(Duration::from_millis(350)));
+        h.insert("retry-after-ms", "soon".parse().unwrap());
+        assert_eq!(retry_after_of(&h), Some(Duration::from_secs(2)));
+    }
 
     #[test]
     fn config_from_the_environment() {

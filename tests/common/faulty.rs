@@ -23,6 +23,8 @@ pub struct FaultPlan {
     pub dropped: f64,
     /// How long a slow reply is held before it is forwarded.
     pub slow_by: Duration,
+    /// When set, only requests of this method (`GET`, `PATCH`, …) are slowed.
+    pub slow_method: Option<&'static str>,
 }
 
 /// What one proxy injected.
@@ -150,7 +152,8 @@ async fn forward(
         return Err(Box::new(Dropped));
     }
     edge += plan.slow;
-    if roll < edge {
+    let slowed = plan.slow_method.is_none_or(|m| req.method().as_str() == m);
+    if roll < edge && slowed {
         counts.slow.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(plan.slow_by).await;
     }

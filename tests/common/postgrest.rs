@@ -237,8 +237,11 @@ impl Respond for Responder {
             let all: Vec<_> = request.headers.get_all(name).iter().collect();
             (all.len() == 1).then(|| all[0].to_str().unwrap_or("").to_string())
         };
+        // Legacy service_role JWTs come in both headers; new secret keys (sb_secret_…) are not
+        // JWTs and come in apikey only, as Supabase's gateway wants them.
+        let bearer = (!self.key.starts_with("sb_")).then(|| format!("Bearer {}", self.key));
         if header("apikey").as_deref() != Some(self.key.as_str())
-            || header("authorization") != Some(format!("Bearer {}", self.key))
+            || header("authorization") != bearer
         {
             return error(401, "PGRST301", "JWT invalid or missing");
         }

@@ -247,6 +247,144 @@ impl RedisServer {
     }
 }
 
+/// A private `redis-server` that speaks only TLS (`--port 0 --tls-port P`), with a CA and a server
+/// certificate for `localhost`/127.0.0.1 made for it by the openssl CLI. Killed on drop.
+pub struct TlsRedisServer {
+    pub port: u16,
+    /// The CA's certificate (PEM): what REDIS_TLS_CA_FILE or SSL_CERT_FILE point at.
+    pub ca_file: PathBuf,
+    dir: tempfile::TempDir,
+    process: ServerProcess,
+}
+
+impl TlsRedisServer {
+    pub fn start() -> TlsRedisServer {
+        assert!(
+            have("openssl"),
+            "the openssl CLI is needed to make test certificates"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=audio-worker test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                // `localhost` may resolve to ::1 first; "-" makes that address optional.
+                .args([
+                    "--bind",
+                    "127.0.0.1 -::1",
+                    "--save",
+                    "",
+                    "--daemonize",
+                    "no",
+                ])
+                .args(["--appendonly", "no", "--databases", "1"])
+                .arg("--tls-cert-file")
+                .arg(d.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(d.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(d.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"])
+                .arg("--dir")
+                .arg(d);
+            let mut process = ServerProcess::spawn("redis-server (tls)", cmd, &d.join("log"));
+            let up = wait_until(Duration::from_secs(10), || {
+                process.exited()
+                    || std::fs::read_to_string(d.join("log"))
+                        .is_ok_and(|l| l.contains("Ready to accept connections"))
+            });
+            if up && !process.exited() {
+                return TlsRedisServer {
+                    port,
+                    ca_file: d.join("ca.pem"),
+                    dir,
+                    process,
+                };
+            }
+            last = process.log_tail();
+            process.kill();
+        }
+        panic!("redis-server with TLS did not start: {last}");
+    }
+
+    /// `rediss://localhost:PORT/`
+    pub fn url(&self) -> String {
+        format!("rediss://localhost:{}/", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+}
+
 /// True when a Redis on `port` answers PING with PONG (not -LOADING while it reads its AOF).
 pub fn redis_ping(port: u16) -> bool {
     let Ok(mut s) =

@@ -58,6 +58,32 @@ export interface Env {
   log: (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
 }
 
+/**
+ * One key out of a Supabase key set, `{"default": "sb_secret_…", …}`: the `default` entry, else
+ * the first; undefined when the set is absent, not JSON or empty.
+ */
+export function keyFromSet(json: string | undefined): string | undefined {
+  if (!json) return undefined;
+  let set: unknown;
+  try {
+    set = JSON.parse(json);
+  } catch {
+    return undefined;
+  }
+  if (!set || typeof set !== "object" || Array.isArray(set)) return undefined;
+  const entries = set as Record<string, unknown>;
+  const pick = (v: unknown) => typeof v === "string" && v.trim() ? v.trim() : undefined;
+  return pick(entries["default"]) ?? Object.values(entries).map(pick).find((v) => v);
+}
+
+/**
+ * Headers carrying an API key: a new key (`sb_…`) is not a JWT and goes in `apikey` only; a legacy
+ * JWT key goes in `Authorization: Bearer` too.
+ */
+export function apiKeyHeaders(key: string): Record<string, string> {
+  return key.startsWith("sb_") ? { apikey: key } : { apikey: key, authorization: `Bearer ${key}` };
+}
+
 /** The configuration from environment variables (README.md lists them). */
 export function envFromDeno(
   get: (name: string) => string | undefined = (name) => Deno.env.get(name),
@@ -74,9 +100,12 @@ export function envFromDeno(
   const waitUntil = runtime.EdgeRuntime?.waitUntil;
   return {
     supabaseUrl: val("SUPABASE_URL"),
-    anonKey: val("SUPABASE_ANON_KEY"),
-    // Supabase injects SUPABASE_SERVICE_ROLE_KEY; the worker's name is accepted too.
-    serviceKey: val("SUPABASE_SERVICE_ROLE_KEY") ?? val("SUPABASE_SERVICE_KEY"),
+    // Supabase injects the new keys as JSON sets (SUPABASE_PUBLISHABLE_KEYS, SUPABASE_SECRET_KEYS,
+    // `default` first) and, until they are retired, the legacy JWT keys; the worker's name for the
+    // service key is accepted too.
+    anonKey: keyFromSet(val("SUPABASE_PUBLISHABLE_KEYS")) ?? val("SUPABASE_ANON_KEY"),
+    serviceKey: keyFromSet(val("SUPABASE_SECRET_KEYS")) ?? val("SUPABASE_SERVICE_ROLE_KEY") ??
+      val("SUPABASE_SERVICE_KEY"),
     bucket: val("BUCKET_NAME"),
     sessionsTable: val("SESSIONS_TABLE") ?? "coaching_sessions",
     sessionsIdColumn: val("SESSIONS_ID_COLUMN") ?? "id",
@@ -141,7 +170,10 @@ export async function signJob(job: Job, secret: string): Promise<string> {
   return Array.from(new Uint8Array(mac), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-/** Why an audio key is not acceptable, or null. The same rules as src/job.rs `check_key`. */
+/**
+ * Why an audio key is not acceptable, or null. The one key rule of the worker too (src/job.rs
+ * `key_problem`, src/storage.rs); both run the shared vectors of schemas/audio-key-vectors.json.
+ */
 export function keyProblem(key: string): string | null {
   if (key.length === 0) return "must not be empty";
   if (!key.isWellFormed()) return "must be valid Unicode";
@@ -155,6 +187,24 @@ export function keyProblem(key: string): string | null {
   // deno-lint-ignore no-control-regex
   if (/[\u0000-\u001f\u007f-\u009f]/.test(key)) return "must not contain control characters";
   if (/^[A-Za-z][A-Za-z0-9+.-]*:/.test(key)) return "must be a key inside the bucket, not a URL";
+  const segments = key.split("/");
+  if (segments.some((s) => s === "")) {
+    return "must not contain an empty segment ('//' or a trailing '/')";
+  }
+  if (segments.some((s) => s === ".")) return "must not contain a '.' segment";
+  return null;
+}
+
+/** The folder every key of a user must lie in: `${AUDIO_KEY_PREFIX}${userId}/`. */
+export function ownerFolder(prefix: string, userId: string): string {
+  return `${prefix}${userId}/`;
+}
+
+/** The whole rule, as the worker applies it: a plain key inside the user's folder. */
+export function ownedKeyProblem(key: string, prefix: string, userId: string): string | null {
+  const problem = keyProblem(key);
+  if (problem) return problem;
+  if (!key.startsWith(ownerFolder(prefix, userId))) return "is not in the user's folder";
   return null;
 }
 
@@ -227,7 +277,7 @@ interface Config {
 function checkConfig(env: Env): Config {
   const missing: string[] = [];
   if (!env.supabaseUrl?.match(/^https?:\/\//)) missing.push("SUPABASE_URL (http(s) URL)");
-  if (!env.serviceKey) missing.push("SUPABASE_SERVICE_ROLE_KEY");
+  if (!env.serviceKey) missing.push("SUPABASE_SECRET_KEYS or SUPABASE_SERVICE_ROLE_KEY");
   if (!env.bucket || !BUCKET_PATTERN.test(env.bucket)) missing.push("BUCKET_NAME (S3 bucket)");
   for (
     const [name, v] of [
@@ -367,8 +417,7 @@ async function call(
 /** Headers for PostgREST with the service key (bypasses RLS; we did the owner checks). */
 function serviceHeaders(cfg: Config, extra: Record<string, string> = {}) {
   return {
-    apikey: cfg.serviceKey,
-    authorization: `Bearer ${cfg.serviceKey}`,
+    ...apiKeyHeaders(cfg.serviceKey),
     accept: "application/json",
     ...extra,
   };
@@ -470,8 +519,7 @@ async function enqueue(req: Request, env: Env, cfg: Config): Promise<Response> {
   const body = await readBody(req);
 
   // The key must lie under the user's own folder, or anyone could have anyone's audio analysed.
-  const ownPrefix = `${env.audioKeyPrefix}${userId}/`;
-  if (!body.audio_key.startsWith(ownPrefix)) {
+  if (ownedKeyProblem(body.audio_key, env.audioKeyPrefix, userId)) {
     throw new HttpError(403, "FORBIDDEN", "the audio key is not in your folder");
   }
   await checkSession(env, cfg, body.session_id, userId);

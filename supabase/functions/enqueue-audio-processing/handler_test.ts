@@ -9,12 +9,15 @@
 
 import assert from "node:assert/strict";
 import {
+  apiKeyHeaders,
   canonicalString,
   type Env,
   envFromDeno,
   handler,
   type Job,
+  keyFromSet,
   keyProblem,
+  ownedKeyProblem,
   signJob,
   STREAM,
 } from "./handler.ts";
@@ -985,6 +988,67 @@ Deno.test("the signature matches a vector computed outside this code", async () 
     await signJob(job, "test-secret"),
     "b9a9cb80bff7fab71bf0dd1d72035d0c948f9195cfd53e02316da5e1b3ba07c7",
   );
+});
+
+Deno.test("the new JSON key sets come first, the legacy keys are the fallback", () => {
+  const legacy: Record<string, string> = {
+    SUPABASE_URL: "https://p.supabase.co",
+    SUPABASE_ANON_KEY: "eyJ.anon.jwt",
+    SUPABASE_SERVICE_ROLE_KEY: "eyJ.service.jwt",
+    BUCKET_NAME: "recordings",
+  };
+  let env = envFromDeno((n) => legacy[n]);
+  assert.equal(env.serviceKey, "eyJ.service.jwt");
+  assert.equal(env.anonKey, "eyJ.anon.jwt");
+  const both: Record<string, string> = {
+    ...legacy,
+    SUPABASE_SECRET_KEYS: JSON.stringify({ other: "sb_secret_other", default: "sb_secret_def" }),
+    SUPABASE_PUBLISHABLE_KEYS: JSON.stringify({ default: "sb_publishable_def" }),
+  };
+  env = envFromDeno((n) => both[n]);
+  assert.equal(env.serviceKey, "sb_secret_def");
+  assert.equal(env.anonKey, "sb_publishable_def");
+  // No `default`: the first key; unusable sets fall back to the legacy names.
+  assert.equal(keyFromSet(JSON.stringify({ k1: "sb_secret_1" })), "sb_secret_1");
+  for (const bad of ["not json", "[]", "{}", '{"default": 7}', '"sb_secret_x"']) {
+    assert.equal(keyFromSet(bad), undefined, bad);
+    env = envFromDeno((n) => ({ ...legacy, SUPABASE_SECRET_KEYS: bad })[n]);
+    assert.equal(env.serviceKey, "eyJ.service.jwt", bad);
+  }
+  // A new key is not a JWT: apikey only. A legacy JWT goes in Authorization too.
+  assert.deepEqual(apiKeyHeaders("sb_secret_def"), { apikey: "sb_secret_def" });
+  assert.deepEqual(apiKeyHeaders("eyJ.service.jwt"), {
+    apikey: "eyJ.service.jwt",
+    authorization: "Bearer eyJ.service.jwt",
+  });
+});
+
+Deno.test("the key rule agrees with the worker's on the shared vectors", async () => {
+  const file = new URL("../../../schemas/audio-key-vectors.json", import.meta.url);
+  const vectors = JSON.parse(await Deno.readTextFile(file)) as {
+    prefix: string;
+    user_id: string;
+    cases: { key: string; ok: boolean; why: string }[];
+  };
+  assert.ok(vectors.cases.length >= 20);
+  for (const c of vectors.cases) {
+    const problem = ownedKeyProblem(c.key, vectors.prefix, vectors.user_id);
+    assert.equal(problem === null, c.ok, `${JSON.stringify(c.key)} (${c.why}): ${problem}`);
+  }
+});
+
+Deno.test("a key with a '.' or empty segment is 400 before anything is written", async () => {
+  await withWorld(async ({ supabase, env }) => {
+    for (const key of [`${PREFIX}${USER_A}/./a.webm`, `${PREFIX}${USER_A}//a.webm`]) {
+      await expectError(
+        await post(env, { session_id: SESSION_A, audio_key: key }),
+        400,
+        "BAD_REQUEST",
+      );
+    }
+    assert.equal(supabase.jobs.size, 0);
+    assert.equal((await entries()).length, 0);
+  });
 });
 
 Deno.test("key rules, REDIS_URL parsing and environment defaults", () => {
