@@ -6,7 +6,7 @@
 //! Words get times by their share of characters within their utterance (one clause, synthesised
 //! on its own); a word is heard when at least [`HEARD`] of it lies inside the piece.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use audio_worker::BoxFuture;
@@ -114,7 +114,8 @@ pub fn join_words<'a>(words: impl Iterator<Item = &'a Word>) -> String {
     let mut s = String::new();
     let mut prev_cjk = false;
     for w in words {
-        if !s.is_empty() && !(prev_cjk && w.cjk) {
+        let joined = prev_cjk && w.cjk;
+        if !s.is_empty() && !joined {
             s.push(' ');
         }
         s.push_str(&w.text);
@@ -212,7 +213,7 @@ impl TruthTranscriber {
         }
     }
 
-    fn answer(&self, path: &PathBuf) -> Result<(f64, f64, ChunkText)> {
+    fn answer(&self, path: &Path) -> Result<(f64, f64, ChunkText)> {
         let piece = read_wav(path);
         let (start, end) = self.recording.locate(&piece).ok_or_else(|| {
             Error::new(
