@@ -84,6 +84,11 @@ impl Transcriber for SidecarTranscriber {
     }
 }
 
+/// Whisper's segment edges are up to a few tenths of a second off (into the pauses around the
+/// words): a piece edge this close to a segment's edge counts as that edge, so a piece that
+/// starts a little after its segment does not lose the first word.
+const EDGE_S: f64 = 0.4;
+
 /// The part of `seg` said between `start` and `end` (times relative to `start`), if any: its text
 /// cut at the fractions of its duration where the span begins and ends.
 fn part_inside(seg: &Segment, start: f64, end: f64) -> Option<Segment> {
@@ -102,16 +107,17 @@ fn part_inside(seg: &Segment, start: f64, end: f64) -> Option<Segment> {
     }
     let text = seg.text.trim();
     let chars: Vec<char> = text.chars().collect();
-    let from = if a <= seg.start_s {
-        0
-    } else {
-        cut_position(text, (a - seg.start_s) / len)
+    // the same function for both pieces that meet at a time, so their parts never overlap
+    let cut_at = |t: f64| -> usize {
+        if t - seg.start_s <= EDGE_S {
+            0
+        } else if seg.end_s - t <= EDGE_S {
+            chars.len()
+        } else {
+            cut_position(text, (t - seg.start_s) / len)
+        }
     };
-    let to = if b >= seg.end_s {
-        chars.len()
-    } else {
-        cut_position(text, (b - seg.start_s) / len)
-    };
+    let (from, to) = (cut_at(a), cut_at(b));
     let part: String = chars[from..to.max(from)].iter().collect();
     let part = part.trim();
     (!part.is_empty()).then(|| Segment {
@@ -153,6 +159,14 @@ mod tests {
         assert_eq!(parts.len(), 3, "{parts:?}");
         assert_eq!(parts[0], "I keep putting it off.");
         assert!(part_inside(&s, 20.0, 25.0).is_none());
+    }
+
+    #[test]
+    fn a_piece_a_little_inside_its_segment_gets_all_of_it() {
+        // Whisper's segment starts 0.2 s early and ends 0.3 s late; the piece is the speech
+        let s = seg(0.6, 3.2, "What would you like to focus on today?");
+        assert_eq!(part_inside(&s, 0.8, 2.92).unwrap().text, s.text);
+        assert!(part_inside(&s, 2.92, 3.8).is_none());
     }
 
     #[test]
