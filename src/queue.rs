@@ -485,24 +485,40 @@ impl Queue {
         }))
     }
 
+    /// Runs one of the scripts that act on an entry only while this consumer holds it
+    /// (KEYS: the stream; ARGV: group, consumer, entry id, and the payload for a requeue).
+    async fn eval_on_our_entry(
+        &self,
+        what: &'static str,
+        lua: &'static str,
+        entry_id: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<i64> {
+        self.retry(what, || {
+            let mut c = self.conn.clone();
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(lua)
+                .arg(1)
+                .arg(&self.cfg.stream)
+                .arg(&self.cfg.group)
+                .arg(&self.cfg.consumer)
+                .arg(entry_id);
+            if let Some(p) = payload {
+                cmd.arg(p);
+            }
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
+    }
+
     /// Keeps the claim on an entry alive while its job runs: resets its idle time without
     /// counting a delivery. `Ok(true)` while the entry is ours; `Ok(false)` when it is not any
     /// more (acknowledged, dead-lettered, or reclaimed by another consumer because we stalled
     /// longer than the visibility timeout): the caller should then abandon the job without
     /// acknowledging it, the other consumer finishes it.
     pub async fn heartbeat(&self, entry_id: &str) -> Result<bool> {
-        let held: i64 = self
-            .retry("heartbeat", || {
-                let mut c = self.conn.clone();
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(HEARTBEAT_LUA)
-                    .arg(1)
-                    .arg(&self.cfg.stream)
-                    .arg(&self.cfg.group)
-                    .arg(&self.cfg.consumer)
-                    .arg(entry_id);
-                async move { cmd.query_async(&mut c).await }
-            })
+        let held = self
+            .eval_on_our_entry("heartbeat", HEARTBEAT_LUA, entry_id, None)
             .await?;
         Ok(held == 1)
     }
@@ -512,19 +528,13 @@ impl Queue {
     /// not count as a failed attempt (a deploy must not push a long job towards the dead
     /// letters). `Ok(false)` when the entry is not ours any more.
     pub async fn requeue(&self, delivery: &Delivery) -> Result<bool> {
-        let done: i64 = self
-            .retry("requeue", || {
-                let mut c = self.conn.clone();
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(REQUEUE_LUA)
-                    .arg(1)
-                    .arg(&self.cfg.stream)
-                    .arg(&self.cfg.group)
-                    .arg(&self.cfg.consumer)
-                    .arg(&delivery.entry_id)
-                    .arg(delivery.payload.as_slice());
-                async move { cmd.query_async(&mut c).await }
-            })
+        let done = self
+            .eval_on_our_entry(
+                "requeue",
+                REQUEUE_LUA,
+                &delivery.entry_id,
+                Some(delivery.payload.as_slice()),
+            )
             .await?;
         Ok(done == 1)
     }
@@ -534,18 +544,8 @@ impl Queue {
     /// call, or already before: acknowledging an entry no longer pending is a no-op);
     /// `Ok(false)` when another consumer holds it now, which is then left alone.
     pub async fn ack(&self, entry_id: &str) -> Result<bool> {
-        let done: i64 = self
-            .retry("ack", || {
-                let mut c = self.conn.clone();
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(ACK_LUA)
-                    .arg(1)
-                    .arg(&self.cfg.stream)
-                    .arg(&self.cfg.group)
-                    .arg(&self.cfg.consumer)
-                    .arg(entry_id);
-                async move { cmd.query_async(&mut c).await }
-            })
+        let done = self
+            .eval_on_our_entry("ack", ACK_LUA, entry_id, None)
             .await?;
         Ok(done >= 0)
     }
