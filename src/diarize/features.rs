@@ -55,6 +55,9 @@ pub struct Block {
     pub voiced_frames: u16,
     /// Sums over voiced frames of c1..c12 and log2(f0).
     pub sum: [f32; N_FEAT],
+    /// Sums over all speech frames, voiced or not, of c1..c12 (the resegmentation's spectral
+    /// model: consonants and breath carry a voice's timbre too).
+    pub cep_all: [f32; N_CEP],
 }
 
 /// The voiced-frame features of a recording, block by block.
@@ -375,8 +378,11 @@ pub fn extract(pcm_wav: &Path, speech: &[[f64; 2]], frames_per_block: usize) -> 
         if in_speech {
             let b = &mut blocks[frame / frames_per_block];
             b.speech_frames += 1;
+            let c = analyser.mfcc(&buf);
+            for (s, v) in b.cep_all.iter_mut().zip(c.iter()) {
+                *s += v;
+            }
             if let Some(p) = analyser.pitch(&buf) {
-                let c = analyser.mfcc(&buf);
                 b.voiced_frames += 1;
                 for (s, v) in b.sum.iter_mut().zip(c.iter()) {
                     *s += v;

@@ -25,6 +25,7 @@
 
 pub mod cluster;
 pub mod features;
+pub mod reseg;
 pub mod roles;
 pub mod segment;
 pub mod timeline;
@@ -65,6 +66,8 @@ pub struct DiarizeOptions {
     pub snap_change_s: f64,
     /// One speaker's speech separated by a pause up to this long (s) stays one turn.
     pub max_pause_in_turn_s: f64,
+    /// Redraw the clustering's labels with a Viterbi over per-voice models ([`reseg`]).
+    pub resegment: bool,
 }
 
 impl Default for DiarizeOptions {
@@ -82,6 +85,7 @@ impl Default for DiarizeOptions {
             min_run_s: 0.5,
             snap_change_s: 0.3,
             max_pause_in_turn_s: 2.0,
+            resegment: true,
         }
     }
 }
@@ -109,6 +113,8 @@ pub struct DiarizeStats {
     pub voice_cosine: Option<f32>,
     /// Speaker changes moved to a quieter frame.
     pub changes_snapped: usize,
+    /// Blocks whose voice the resegmentation changed.
+    pub blocks_resegmented: usize,
 }
 
 /// The timeline from pitch + MFCC alone (no speaker model available).

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::cluster::{self, Gauss2, Points, Standardiser};
 use super::features::{Block, Features, HOP, N_FEAT, RATE};
 use super::voices::{ONE_VOICE_COSINE, VoiceSplit};
-use super::{DiarizeOptions, DiarizeStats, METHOD, METHOD_EMBEDDINGS, segment};
+use super::{DiarizeOptions, DiarizeStats, METHOD, METHOD_EMBEDDINGS, reseg, segment};
 
 /// One voice's stretch of speech (inside one region of the speech map).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,7 +119,11 @@ pub fn from_features(
             .collect(),
         None => vec![None; blocks.len()],
     };
-    let (labels, margins) = label_blocks(feats, &in_speech, &windows, &split, two, &unit_p1, opts);
+    let (mut labels, margins) =
+        label_blocks(feats, &in_speech, &windows, &split, two, &unit_p1, opts);
+    if two && opts.resegment {
+        stats.blocks_resegmented = reseg::resegment(blocks, &mut labels, feats.block_s);
+    }
     let mut spans = voice_spans(speech, &labels, &margins, feats.block_s);
     stats.changes_snapped = snap_changes(&mut spans, &feats.frame_db, opts.snap_change_s);
     (

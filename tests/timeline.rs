@@ -1,0 +1,134 @@
+//! The speaker timeline alone, on every scripted conversation: DER (10 ms grid, 0.25 s collar)
+//! of `diarize::speaker_timeline` against the fixture's reference turns, with no transcriber
+//! and no turn grouping in between. A development tool for speaker work (the end-to-end limits
+//! are in tests/speakers.rs):
+//!
+//! `cargo test --test timeline -- --ignored --nocapture` prints one row per case and the
+//! sum per set, for the GE2E encoder and for the pitch + MFCC fallback. `TIMELINE_CASES=jtalk`
+//! keeps the cases whose names contain that text; `TIMELINE_FALLBACK=0` skips the fallback,
+//! `TIMELINE_RESEGMENT=0` the resegmentation; `TIMELINE_SPANS=1` prints each timeline.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use audio_worker::audio::{self, PrepareOptions};
+use audio_worker::diarize::{self, DiarizeOptions};
+use common::scoring;
+
+/// One conversation: its audio prepared once (16 kHz PCM + speech map) and its reference turns.
+struct Prepared {
+    name: String,
+    pcm: PathBuf,
+    speech: Vec<[f64; 2]>,
+    reference: Vec<scoring::Span>,
+}
+
+fn prepare_all(dir: &Path, filter: &str) -> Vec<Prepared> {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut out = Vec::new();
+    for set in ["dialogues", "conversations"] {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(fixtures.join(set))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rttm"))
+            .collect();
+        names.sort();
+        for rttm in names {
+            let name = rttm.file_stem().unwrap().to_str().unwrap().to_string();
+            if !name.contains(filter) {
+                continue;
+            }
+            let audio = ["opus", "flac", "wav"]
+                .iter()
+                .map(|ext| rttm.with_extension(ext))
+                .find(|a| a.exists())
+                .unwrap();
+            let work = dir.join(&name);
+            let opts = PrepareOptions {
+                write_pcm: true,
+                ..PrepareOptions::default()
+            };
+            let manifest = audio::prepare(&audio, &work, &opts).unwrap();
+            out.push(Prepared {
+                name,
+                pcm: work.join(audio::PCM_FILE),
+                speech: manifest.speech,
+                reference: scoring::read_rttm(&std::fs::read_to_string(&rttm).unwrap()),
+            });
+        }
+    }
+    out
+}
+
+fn timeline_der(
+    case: &Prepared,
+    encoder: Option<&dyn audio_worker::speakers::embed::SpeakerEncoder>,
+) -> (f64, usize) {
+    let opts = DiarizeOptions {
+        resegment: std::env::var("TIMELINE_RESEGMENT").map_or(true, |v| v != "0"),
+        ..DiarizeOptions::default()
+    };
+    let timeline = diarize::speaker_timeline(&case.pcm, &case.speech, &opts, encoder).unwrap();
+    let hyp: Vec<scoring::Span> = timeline
+        .spans
+        .iter()
+        .map(|s| (s.start_s, s.end_s, format!("v{}", s.voice)))
+        .collect();
+    if std::env::var("TIMELINE_SPANS").is_ok() {
+        let text: Vec<String> = hyp
+            .iter()
+            .map(|(a, b, v)| format!("{v} {a:.2}-{b:.2}"))
+            .collect();
+        println!("{}: {}", case.name, text.join(" "));
+    }
+    (scoring::der(&case.reference, &hyp), timeline.speakers_found)
+}
+
+#[test]
+#[ignore = "a development report: run with --ignored --nocapture"]
+fn timeline_der_report() {
+    let filter = std::env::var("TIMELINE_CASES").unwrap_or_default();
+    let with_fallback = std::env::var("TIMELINE_FALLBACK").map_or(true, |v| v != "0");
+    let dir = tempfile::tempdir().unwrap();
+    let cases = prepare_all(dir.path(), &filter);
+    let encoder = audio_worker::speakers::load_configured()
+        .expect("the speaker model is missing: run scripts/fetch-speaker-model.sh");
+    println!("| case | GE2E DER | voices | fallback DER | voices |");
+    println!("|---|---|---|---|---|");
+    let mut sums: Vec<(String, f64, f64, usize)> = Vec::new();
+    for case in &cases {
+        let (der, found) = timeline_der(case, Some(encoder.as_ref()));
+        let (fb, fb_found) = if with_fallback {
+            timeline_der(case, None)
+        } else {
+            (f64::NAN, 0)
+        };
+        println!(
+            "| {} | {:.1} % | {found} | {:.1} % | {fb_found} |",
+            case.name,
+            100.0 * der,
+            100.0 * fb
+        );
+        let set = case.name.rsplit_once('-').map_or("dialogues", |(s, _)| s);
+        match sums.iter_mut().find(|s| s.0 == set) {
+            Some(s) => {
+                s.1 += der;
+                s.2 += fb;
+                s.3 += 1;
+            }
+            None => sums.push((set.to_string(), der, fb, 1)),
+        }
+    }
+    println!("\n| set | mean GE2E DER | mean fallback DER |");
+    println!("|---|---|---|");
+    for (set, der, fb, n) in &sums {
+        let n = *n as f64;
+        println!(
+            "| {set} | {:.1} % | {:.1} % |",
+            100.0 * der / n,
+            100.0 * fb / n
+        );
+    }
+    assert!(!cases.is_empty(), "no case matches {filter:?}");
+}
