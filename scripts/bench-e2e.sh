@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: one generated recording through the real daemon (`audio-worker run`
-# against redis-server, an in-process S3 server, PostgREST on PostgreSQL and Whisper/Gemini fakes,
-# tests/bench_e2e.rs), sequential and parallel chunk transcription, then the original design's
+# against redis-server, an in-process S3 server, PostgREST on PostgreSQL, a transcription fake
+# with realistic latency and a rate limit, and a Gemini fake; tests/bench_e2e.rs) in text-only
+# mode (gpt-transcribe) at several transcription concurrencies, then the original design's
 # pydub preprocessing and the worker's own preprocessing (`audio-worker prepare --pcm`) on the
 # same file. Prints a table with PASS/FAIL per target.
 #
 # Usage: scripts/bench-e2e.sh [MINUTES]        (default 60; 180 checks the 3-hour memory target)
 #
 # Environment (all optional):
-#   BENCH_WHISPER_RTF             simulated Whisper seconds per second of chunk audio (0.02:
-#                                 1.2 s per minute)
-#   BENCH_TRANSCRIBE_CONCURRENCY  worker runs, comma-separated (1,4: sequential vs parallel)
+#   BENCH_WHISPER_MODEL           gpt-transcribe (default: text only) or whisper-1
+#   BENCH_LATENCY                 the fake's latency BASE+PER_S: seconds per request + per second
+#                                 of piece audio (default 0.4+0.05)
+#   BENCH_RATE_LIMIT_RPM          requests per rolling minute before 429 + Retry-After (300)
+#   BENCH_TRANSCRIBE_CONCURRENCY  worker runs, comma-separated (default 1,4,8)
 #   BENCH_SKIP_PYDUB=1            skip the pydub baseline (it takes minutes and GBs at 180 min)
 #   BENCH_WORK                    where inputs and results go (default target/bench)
 #
@@ -26,8 +29,7 @@ export LC_ALL=C
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 MINUTES="${1:-60}"
-RTF="${BENCH_WHISPER_RTF:-0.02}"
-CONC="${BENCH_TRANSCRIBE_CONCURRENCY:-1,4}"
+CONC="${BENCH_TRANSCRIBE_CONCURRENCY:-1,4,8}"
 WORK="${BENCH_WORK:-$ROOT/target/bench}"
 TOOLS="${XDG_CACHE_HOME:-$HOME/.cache}/audio-worker-tools"
 VENV="$TOOLS/pydub-venv"
@@ -91,8 +93,8 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/audio-worker"
 E2E_JSON="$WORK/e2e-${MINUTES}min.json"
 # Other work on this machine inflates wall times (CPU seconds much less): recorded in the table.
 export BENCH_LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg)"
-log "daemon end to end: ${MINUTES} min, TRANSCRIBE_CONCURRENCY=$CONC, Whisper RTF $RTF"
-BENCH_AUDIO="$INPUT" BENCH_TRANSCRIBE_CONCURRENCY="$CONC" BENCH_WHISPER_RTF="$RTF" \
+log "daemon end to end: ${MINUTES} min, TRANSCRIBE_CONCURRENCY=$CONC"
+BENCH_AUDIO="$INPUT" BENCH_TRANSCRIBE_CONCURRENCY="$CONC" \
   BENCH_OUT="$E2E_JSON" \
   cargo test --release --quiet --test bench_e2e -- --ignored --nocapture --test-threads=1 \
   >"$WORK/e2e-${MINUTES}min.stdout" || die "the end-to-end run failed (see above)"
@@ -176,18 +178,26 @@ cpus = e2e["host_cpus"]
 p(f"## audio-worker end to end: {minutes} min recording ({audio_s:.0f} s of audio, "
   f"{e2e['audio_bytes'] / 1e6:.1f} MB Opus/WebM 32 kb/s, Chrome live shape)")
 p("")
-p(f"Host: {cpus} CPUs, load average {os.environ.get('BENCH_LOADAVG', '?')} before the daemon runs. Simulated Whisper latency: {e2e['whisper_rtf']} s per s of chunk audio "
-  f"({e2e['whisper_rtf'] * 60:.1f} s per minute). Analysis: {'Gemini fake (validated)' if e2e['analysis'] else 'off (ANALYSIS=off)'}. "
+lat = e2e["latency"]
+p(f"Host: {cpus} CPUs, load average {os.environ.get('BENCH_LOADAVG', '?')} before the daemon runs. Transcription: `{e2e['whisper_model']}` fake, "
+  f"latency {lat['base_s']} s + {lat['per_audio_s']} s per s of piece audio, {e2e['rate_limit_rpm']} requests per minute then 429 with Retry-After. "
+  f"Analysis: {'Gemini fake (validated)' if e2e['analysis'] else 'off (ANALYSIS=off)'}. "
   "Worker CPU and peak RSS from /usr/bin/time -v around `audio-worker run` (whole process life: "
   "startup, the job, 1 s idle before exit; nothing subtracted).")
 p("")
-p("| TRANSCRIBE_CONCURRENCY | time to result s | simulated Whisper wall s (sum) | the rest s | worker CPU s | CPU s per audio hour | CPU % of audio | peak RSS MB | chunks |")
+p("| TRANSCRIBE_CONCURRENCY | time to result s | simulated API wall s (sum) | the rest s | worker CPU s | CPU s per audio hour | peak RSS MB | requests (429s) | with context |")
 p("|---|---|---|---|---|---|---|---|---|")
 for r in runs:
     w = r["whisper"]
     p(f"| {r['transcribe_concurrency']} | {r['time_to_result_s']:.2f} | {w['simulated_wait_wall_s']:.2f} ({w['simulated_wait_sum_s']:.2f}) "
       f"| {r['time_to_result_minus_whisper_wall_s']:.2f} | {r['cpu_s']:.2f} ({r['cpu_user_s']:.2f} user + {r['cpu_system_s']:.2f} sys) "
-      f"| {r['cpu_s_per_audio_hour']:.2f} | {r['cpu_pct_of_audio']:.3f} % | {r['peak_rss_mb']:.1f} | {w['requests']} |")
+      f"| {r['cpu_s_per_audio_hour']:.2f} | {r['peak_rss_mb']:.1f} | {w['requests']} ({w['rejected_429']}) | {100 * w['with_context_share']:.0f} % |")
+p("")
+w = par["whisper"]
+sp = e2e["speaker_stage"]
+p(f"Per audio hour: {w['requests_per_audio_hour']:.0f} requests, {w['billed_min_per_audio_hour']:.1f} billed audio minutes "
+  f"(speech only; {w['billed_audio_min']:.1f} min for this recording). Speaker stage alone (`{sp['method']}`, in the benchmark process): "
+  f"{sp['cpu_s']:.1f} CPU s, {sp['wall_s']:.1f} s wall = {sp['cpu_s_per_audio_hour']:.1f} CPU s per audio hour.")
 p("")
 speed = e2e["speedup"]["time_to_result"]
 tphase = lambda r: next(ph for ph in r["phases"] if ph["phase"].startswith("transcription"))["wall_s"]
@@ -224,6 +234,7 @@ p("Targets:")
 p("")
 p("| target | measured | verdict |")
 p("|---|---|---|")
+p(f"| speaker stage <= 10 CPU s per audio hour (issue 12; <= 20 s with the encoder, issue 13) | {sp['cpu_s_per_audio_hour']:.1f} s | {verdict(sp['cpu_s_per_audio_hour'] <= 20)} |")
 for r in runs:
     p(f"| local CPU work < 1 % of the audio's duration (concurrency {r['transcribe_concurrency']}) | {r['cpu_pct_of_audio']:.3f} % ({r['cpu_s']:.1f} CPU s for {audio_s / 60:.0f} min) | {verdict(r['cpu_pct_of_audio'] < 1.0)} |")
 peak = max(r["peak_rss_mb"] for r in runs)

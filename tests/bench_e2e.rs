@@ -1,21 +1,29 @@
 //! End-to-end benchmark (ignored by `cargo test`; `scripts/bench-e2e.sh` runs it): one long
 //! recording through the real `audio-worker run` binary against the same stack as
 //! `tests/daemon.rs` (real `redis-server`, in-process S3 server, PostgREST on a real migrated
-//! PostgreSQL), with a Whisper fake whose latency is proportional to each chunk's audio length
-//! and a Gemini fake whose analysis quotes occur in the transcript.
+//! PostgreSQL), with a transcription fake whose latency grows with each piece's audio
+//! (`base + per_s x seconds`), which enforces a requests-per-minute limit with 429 and
+//! Retry-After as OpenAI does, and answers text only (`gpt-transcribe`, the default) or
+//! `verbose_json` (whisper-1); and a Gemini fake whose analysis quotes occur in the transcript.
 //!
 //! For each transcription concurrency it enqueues one job with `audio-worker enqueue`, starts a
 //! worker under `/usr/bin/time -v` with `EXIT_WHEN_IDLE=1s` (so it exits after the job), and
 //! measures: time from enqueue to the job row being `completed` (the row's `completed_at`), the
 //! worker's CPU seconds (user + system, from `time -v`: the whole process life, nothing
-//! subtracted) and peak RSS, the simulated Whisper wait (sum and wall-clock union of the fake's
-//! delays), and a per-phase timeline of CPU and RSS sampled from `/proc/<pid>/{stat,status}`.
+//! subtracted) and peak RSS, the simulated transcription wait (sum and wall-clock union of the
+//! fake's delays), requests and billed audio minutes per audio hour, the share of pieces sent
+//! with the preceding text as `prompt`, the 429s, and a per-phase timeline of CPU and RSS sampled
+//! from `/proc/<pid>/{stat,status}`. Before the runs it measures the speaker stage alone
+//! (`diarize::speaker_timeline` with the configured speaker model) in this process: CPU seconds
+//! per audio hour.
 //!
 //! Environment:
 //! - `BENCH_AUDIO` (required): the recording.
-//! - `BENCH_TRANSCRIBE_CONCURRENCY`: comma-separated list, one worker run each (default `1,4`).
-//! - `BENCH_WHISPER_RTF`: simulated Whisper seconds per second of chunk audio (default 0.02, i.e.
-//!   1.2 s per minute of audio).
+//! - `BENCH_TRANSCRIBE_CONCURRENCY`: comma-separated list, one worker run each (default `1,4,8`).
+//! - `BENCH_WHISPER_MODEL`: `gpt-transcribe` (default, text only) or `whisper-1`.
+//! - `BENCH_LATENCY`: `BASE+PER_S`, the fake's seconds per request and per second of audio
+//!   (default `0.4+0.05`).
+//! - `BENCH_RATE_LIMIT_RPM`: requests per minute before 429s (default 300; 0 = no limit).
 //! - `BENCH_ANALYSIS`: `on` (default) or `off` (the worker then runs with `ANALYSIS=off`).
 //! - `BENCH_OUT`: where to write the JSON results (also printed).
 //! - `BENCH_TIMEOUT_S`: give up on one run after this long (default 3600).
@@ -26,7 +34,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -76,17 +84,56 @@ struct Call {
     audio_s: f64,
     delay: Duration,
     bytes: usize,
+    /// Sent with the preceding text as `prompt`.
+    with_context: bool,
 }
 
-/// Whisper with latency proportional to the chunk: reads the WAV header inside the multipart
-/// upload for the chunk's duration, waits `duration x rtf`, and answers `verbose_json` with a
-/// segment every 5 s covering the whole chunk.
-struct SlowWhisper {
-    rtf: f64,
+/// How the transcription fake behaves.
+#[derive(Debug, Clone, Copy)]
+struct FakeApi {
+    /// Seconds per request, and per second of uploaded audio.
+    base_s: f64,
+    per_s: f64,
+    /// Requests accepted per rolling minute (0: unlimited).
+    rpm: usize,
+    /// Answer `verbose_json` with segments (whisper-1) instead of text only.
+    segments: bool,
+}
+
+/// The transcription API: reads the WAV header inside the multipart upload for the piece's
+/// duration, waits `base + per_s x duration`, and answers. Over the rate limit it answers 429
+/// with `retry-after` (seconds until the oldest request of the window leaves it).
+struct SlowTranscriber {
+    api: FakeApi,
     calls: Arc<Mutex<Vec<Call>>>,
+    window: Mutex<std::collections::VecDeque<Instant>>,
+    rejected: Arc<AtomicUsize>,
 }
 
-impl Respond for SlowWhisper {
+impl SlowTranscriber {
+    /// `Some(seconds to wait)` when this request is over the limit.
+    fn over_limit(&self, now: Instant) -> Option<u64> {
+        if self.api.rpm == 0 {
+            return None;
+        }
+        let mut window = self.window.lock().unwrap();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            window.pop_front();
+        }
+        if window.len() >= self.api.rpm {
+            let oldest = *window.front().unwrap();
+            let wait = Duration::from_secs(60).saturating_sub(now.duration_since(oldest));
+            return Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        window.push_back(now);
+        None
+    }
+}
+
+impl Respond for SlowTranscriber {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let arrived = Instant::now();
         let auth = request
@@ -99,17 +146,42 @@ impl Respond for SlowWhisper {
         let Some(audio_s) = wav_duration(&request.body) else {
             return openai_error(400, "no WAV file in the upload");
         };
-        let delay = Duration::from_secs_f64(audio_s * self.rtf);
+        if let Some(wait_s) = self.over_limit(arrived) {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return ResponseTemplate::new(429)
+                .insert_header("retry-after", wait_s.to_string().as_str())
+                .set_body_json(json!({"error": {
+                    "message": "Rate limit reached for requests",
+                    "type": "requests", "param": null, "code": "rate_limit_exceeded"}}));
+        }
+        let delay = Duration::from_secs_f64(self.api.base_s + audio_s * self.api.per_s);
+        let field: &[u8] = b"name=\"prompt\"";
+        let with_context = request.body.windows(field.len()).any(|w| w == field);
         self.calls.lock().unwrap().push(Call {
             arrived,
             audio_s,
             delay,
             bytes: request.body.len(),
+            with_context,
         });
+        let body = if self.api.segments {
+            verbose_json(audio_s, request.body.len())
+        } else {
+            text_only(audio_s, request.body.len())
+        };
         ResponseTemplate::new(200)
-            .set_body_json(verbose_json(audio_s, request.body.len()))
+            .set_body_json(body)
             .set_delay(delay)
     }
+}
+
+/// `gpt-transcribe`'s `json` answer: the text alone, two lines per 5 s of audio.
+fn text_only(audio_s: f64, seed: usize) -> Value {
+    let lines = ((audio_s / SEGMENT_S).ceil() as usize).max(1) * 2;
+    let text: Vec<&str> = (0..lines)
+        .map(|i| LINES[seed.wrapping_add(i) % LINES.len()])
+        .collect();
+    json!({ "text": text.join(" ") })
 }
 
 fn openai_error(status: u16, message: &str) -> ResponseTemplate {
@@ -200,7 +272,8 @@ impl Respond for RecordingGemini {
 struct Settings {
     audio: PathBuf,
     concurrencies: Vec<usize>,
-    rtf: f64,
+    api: FakeApi,
+    model: String,
     analysis: bool,
     out: Option<PathBuf>,
     timeout: Duration,
@@ -218,7 +291,7 @@ impl Settings {
             audio.display()
         );
         let concurrencies = var("BENCH_TRANSCRIBE_CONCURRENCY")
-            .unwrap_or_else(|| "1,4".into())
+            .unwrap_or_else(|| "1,4,8".into())
             .split(',')
             .map(|c| {
                 c.trim()
@@ -226,7 +299,19 @@ impl Settings {
                     .expect("BENCH_TRANSCRIBE_CONCURRENCY: numbers")
             })
             .collect();
-        let rtf = var("BENCH_WHISPER_RTF").map_or(0.02, |v| v.parse().expect("BENCH_WHISPER_RTF"));
+        let model = var("BENCH_WHISPER_MODEL").unwrap_or_else(|| "gpt-transcribe".into());
+        let latency = var("BENCH_LATENCY").unwrap_or_else(|| "0.4+0.05".into());
+        let (base_s, per_s) = latency
+            .split_once('+')
+            .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+            .expect("BENCH_LATENCY: BASE+PER_S, e.g. 0.4+0.05");
+        let api = FakeApi {
+            base_s,
+            per_s,
+            rpm: var("BENCH_RATE_LIMIT_RPM")
+                .map_or(300, |v| v.parse().expect("BENCH_RATE_LIMIT_RPM")),
+            segments: model == "whisper-1",
+        };
         let analysis = match var("BENCH_ANALYSIS").as_deref() {
             None | Some("on") => true,
             Some("off") => false,
@@ -238,7 +323,8 @@ impl Settings {
         Settings {
             audio,
             concurrencies,
-            rtf,
+            api,
+            model,
             analysis,
             out: var("BENCH_OUT").map(PathBuf::from),
             timeout,
@@ -254,13 +340,15 @@ struct Stack {
     /// What the worker talks to: [`BigBodyPostgrest`] on `supabase`'s database.
     whisper: MockServer,
     whisper_calls: Arc<Mutex<Vec<Call>>>,
+    rejected: Arc<AtomicUsize>,
+    model: String,
     gemini: MockServer,
     gemini_calls: Arc<Mutex<Vec<Instant>>>,
     dir: tempfile::TempDir,
 }
 
 impl Stack {
-    async fn start(rtf: f64) -> Stack {
+    async fn start(api: FakeApi, model: &str) -> Stack {
         let redis = RedisServer::start();
         let s3 = S3Server::start(&[BUCKET]).await;
         // Not recorded: an hour's progress and result bodies would pile up in this process.
@@ -273,11 +361,14 @@ impl Stack {
             .start()
             .await;
         let whisper_calls = Arc::new(Mutex::new(Vec::new()));
+        let rejected = Arc::new(AtomicUsize::new(0));
         Mock::given(method("POST"))
             .and(path(WHISPER_PATH))
-            .respond_with(SlowWhisper {
-                rtf,
+            .respond_with(SlowTranscriber {
+                api,
                 calls: Arc::clone(&whisper_calls),
+                window: Mutex::new(std::collections::VecDeque::new()),
+                rejected: Arc::clone(&rejected),
             })
             .mount(&whisper)
             .await;
@@ -302,6 +393,8 @@ impl Stack {
             supabase,
             whisper,
             whisper_calls,
+            rejected,
+            model: model.to_string(),
             gemini,
             gemini_calls,
             dir,
@@ -315,7 +408,7 @@ impl Stack {
             ("SUPABASE_SERVICE_KEY", SERVICE_KEY.into()),
             ("OPENAI_API_KEY", OPENAI_KEY.into()),
             ("OPENAI_BASE_URL", fakes::openai_base(&self.whisper)),
-            ("WHISPER_MODEL", "whisper-1".into()),
+            ("WHISPER_MODEL", self.model.clone()),
             ("GOOGLE_API_KEY", GOOGLE_KEY.into()),
             ("GEMINI_BASE_URL", self.gemini.uri()),
             ("GEMINI_MODEL", GEMINI_MODEL.into()),
@@ -512,6 +605,43 @@ impl Drop for WorkerRun {
     }
 }
 
+/// The speaker stage alone on the recording: decode and speech map first (not counted), then
+/// `diarize::speaker_timeline` with the configured speaker model, timed by this process's CPU
+/// clock (`/proc/self/stat`; the encoder's threads included).
+fn speaker_stage_cpu(audio: &Path) -> Value {
+    use audio_worker::audio::{self, PrepareOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PrepareOptions {
+        write_pcm: true,
+        ..PrepareOptions::default()
+    };
+    let manifest = audio::prepare(audio, dir.path(), &opts).unwrap();
+    let pcm = dir.path().join(audio::PCM_FILE);
+    let encoder = audio_worker::speakers::load_configured();
+    let me = std::process::id();
+    let (cpu0, t0) = (read_sample(me).unwrap().cpu_s, Instant::now());
+    let timeline = audio_worker::diarize::speaker_timeline(
+        &pcm,
+        &manifest.speech,
+        &audio_worker::diarize::DiarizeOptions::default(),
+        encoder.as_deref(),
+    )
+    .unwrap();
+    let (cpu_s, wall_s) = (
+        read_sample(me).unwrap().cpu_s - cpu0,
+        t0.elapsed().as_secs_f64(),
+    );
+    let hours = manifest.output.duration_s / 3600.0;
+    json!({
+        "method": timeline.method,
+        "speakers_found": timeline.speakers_found,
+        "cpu_s": round3(cpu_s),
+        "wall_s": round3(wall_s),
+        "cpu_s_per_audio_hour": round3(cpu_s / hours),
+        "speech_s": round3(manifest.speech.iter().map(|r| r[1] - r[0]).sum::<f64>()),
+    })
+}
+
 /// One job through one worker with `concurrency` chunks transcribed at once.
 async fn run_once(
     stack: &Stack,
@@ -523,6 +653,7 @@ async fn run_once(
     let session = format!("{n:08x}-2222-4222-8222-222222222222");
     let name = format!("bench-c{concurrency}-{n}");
     stack.whisper_calls.lock().unwrap().clear();
+    stack.rejected.store(0, Ordering::Relaxed);
     stack.gemini_calls.lock().unwrap().clear();
     let work_dir = stack.dir.path().join(format!("{name}-work"));
     let time_file = stack.dir.path().join(format!("{name}.time"));
@@ -669,22 +800,22 @@ async fn run_once(
     let last_whisper = calls.iter().map(|c| c.arrived + c.delay).max().unwrap();
     let mut bounds = vec![
         (
-            "startup, claim, download, decode, VAD, chunk files",
+            "startup, claim, download, decode, VAD, speaker timeline, pieces",
             t0,
             first_whisper,
         ),
         (
-            "transcription (Whisper requests in flight)",
+            "transcription (requests in flight)",
             first_whisper,
             last_whisper,
         ),
     ];
     match gemini.first() {
         Some(&g) => {
-            bounds.push(("diarisation and metrics", last_whisper, g));
+            bounds.push(("turns, roles and metrics", last_whisper, g));
             bounds.push(("analysis (Gemini) and saving", g, done));
         }
-        None => bounds.push(("diarisation, metrics and saving", last_whisper, done)),
+        None => bounds.push(("turns, roles, metrics and saving", last_whisper, done)),
     }
     bounds.push(("idle until exit (EXIT_WHEN_IDLE=1s)", done, exited_at));
     let phases: Vec<Value> = bounds
@@ -720,8 +851,18 @@ async fn run_once(
         "peak_rss_sampled_vmhwm_mb": round3(hwm_mb),
         "max_threads": threads,
         "whisper": {
-            "rtf": settings.rtf,
+            "model": settings.model,
+            "latency_base_s": settings.api.base_s,
+            "latency_per_audio_s": settings.api.per_s,
+            "rate_limit_rpm": settings.api.rpm,
             "requests": calls.len(),
+            "rejected_429": stack.rejected.load(Ordering::Relaxed),
+            "requests_per_audio_hour": round3(calls.len() as f64 / (duration_s / 3600.0)),
+            "billed_audio_min": round3(chunk_audio_s / 60.0),
+            "billed_min_per_audio_hour": round3(chunk_audio_s / 60.0 / (duration_s / 3600.0)),
+            "with_context_share": round3(
+                calls.iter().filter(|c| c.with_context).count() as f64 / calls.len() as f64
+            ),
             "chunk_audio_s": calls.iter().map(|c| round3(c.audio_s)).collect::<Vec<_>>(),
             "chunk_audio_total_s": round3(chunk_audio_s),
             "upload_mb": round3(calls.iter().map(|c| c.bytes).sum::<usize>() as f64 / 1e6),
@@ -745,7 +886,9 @@ async fn bench_end_to_end() {
         Path::new("/usr/bin/time").exists(),
         "/usr/bin/time is missing (Debian package `time`)"
     );
-    let stack = Stack::start(settings.rtf).await;
+    let speaker_stage = speaker_stage_cpu(&settings.audio);
+    eprintln!("bench-e2e: speaker stage alone: {speaker_stage}");
+    let stack = Stack::start(settings.api, &settings.model).await;
     let key = format!("users/{USER}/bench-recording");
     stack
         .s3
@@ -789,7 +932,10 @@ async fn bench_end_to_end() {
         "audio_bytes": std::fs::metadata(&settings.audio).unwrap().len(),
         "binary": env!("CARGO_BIN_EXE_audio-worker"),
         "host_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "whisper_rtf": settings.rtf,
+        "whisper_model": settings.model,
+        "latency": {"base_s": settings.api.base_s, "per_audio_s": settings.api.per_s},
+        "rate_limit_rpm": settings.api.rpm,
+        "speaker_stage": speaker_stage,
         "analysis": settings.analysis,
         "runs": runs,
         "speedup": {
