@@ -374,8 +374,14 @@ fn scan_duration(
             opus_frames += opus::packet_frames(&packet.data, opus::OPUS_CLOCK).unwrap_or(0) as u64;
             opus_frames as f64 / f64::from(opus::OPUS_CLOCK)
         } else if let Some(tb) = time_base {
-            let end = packet.pts.get().max(0) as f64 + packet.dur.get() as f64;
-            end * f64::from(tb.numer.get()) / f64::from(tb.denom.get())
+            let seconds =
+                |ticks: f64| ticks * f64::from(tb.numer.get()) / f64::from(tb.denom.get());
+            // No codec's packet lasts a minute: such a packet is a damaged table (fuzzing found
+            // one claiming hours), which the decoder's own checks judge, not the duration limit.
+            if seconds(packet.dur.get() as f64) > MAX_PACKET_S {
+                return Ok(());
+            }
+            seconds(packet.pts.get().max(0) as f64 + packet.dur.get() as f64)
         } else {
             return Ok(());
         };
@@ -384,6 +390,9 @@ fn scan_duration(
         }
     }
 }
+
+/// Longer than any real packet (FLAC's largest block at 8 kHz is 8.2 s).
+const MAX_PACKET_S: f64 = 60.0;
 
 fn chained_ogg() -> Error {
     Error::new(
