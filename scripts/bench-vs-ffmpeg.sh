@@ -17,8 +17,10 @@
 #   speech-<N>min.webm         48 kHz mono Opus 32 kb/s voip in Chrome MediaRecorder's live
 #                              shape (fixtures/webm_live.py)
 #   speech-<N>min-stereo.wav   48 kHz stereo s16 (60 min = 691 MB)
-# Timings: wall seconds and peak RSS from /usr/bin/time -f '%e %M'; the peak RSS shown
-# is the maximum over the runs. Needs: sox ffmpeg python3 /usr/bin/time.
+# Timings from /usr/bin/time -f '%e %U %S %M': wall seconds, CPU seconds (user + system) and
+# peak RSS. Wall and CPU are those of the run with the best wall time; the peak RSS shown is
+# the maximum over the runs. Ratios are ffmpeg / ours (above 1: we are faster).
+# Needs: sox ffmpeg python3 /usr/bin/time.
 set -euo pipefail
 export LC_ALL=C
 
@@ -108,46 +110,48 @@ fi
 # ------------------------------------------------------------------ timing
 TF="$WORK/time.txt"
 OUT="$WORK/out"
-# run_timed LOGFILE CMD... -> prints "seconds maxrss_kb"; dies if CMD fails
+# run_timed LOGFILE CMD... -> prints "wall_s cpu_s maxrss_kb"; dies if CMD fails
 run_timed() {
   local logf="$1"; shift
-  if ! /usr/bin/time -f '%e %M' -o "$TF" "$@" >/dev/null 2>"$logf"; then
+  if ! /usr/bin/time -f '%e %U %S %M' -o "$TF" "$@" >/dev/null 2>"$logf"; then
     echo "bench-vs-ffmpeg: command failed: $*" >&2
     tail -5 "$logf" >&2
     tail -1 "$TF" >&2 || true
     exit 1
   fi
-  tail -1 "$TF"
+  tail -1 "$TF" | awk '{ printf "%s %.2f %s\n", $1, $2 + $3, $4 }'
 }
 ffmpeg_cmd() { ffmpeg -nostdin -v error -i "$1" -ac 1 -ar 16000 -f s16le -; }
 ours_cmd() { rm -rf "$OUT"; mkdir -p "$OUT"; "$BIN" prepare "$1" --out "$OUT"; }
 export -f ffmpeg_cmd ours_cmd
 export BIN OUT
 
-best_s() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:]))" "$@"; }
-max_mb() { python3 -c "import sys; print(f'{max(int(x) for x in sys.argv[1:]) / 1024:.0f}')" "$@"; }
+# best RUN... -> "wall cpu" of the run with the least wall time ("wall cpu rss" per argument)
+best() { python3 -c "import sys; r=min((tuple(map(float, a.split()[:2])) for a in sys.argv[1:])); print(f'{r[0]:.2f} {r[1]:.2f}')" "$@"; }
+max_mb() { python3 -c "import sys; print(f'{max(int(a.split()[2]) for a in sys.argv[1:]) / 1024:.0f}')" "$@"; }
+ratio() { python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{a/b:.2f}x' if b else 'inf')" "$1" "$2"; }
 
 ROWS=()
 bench() { # LABEL INPUT
-  local label="$1" in="$2" r ft=() fm=() ot=() om=() res
+  local label="$1" in="$2" r fr=() or=() res
   cat "$in" >/dev/null   # warm the page cache: measure decoding, not the disk
   for ((r = 1; r <= RUNS; r++)); do
     res=$(run_timed "$WORK/ffmpeg.log" bash -c 'ffmpeg_cmd "$0"' "$in")
-    ft+=("${res% *}"); fm+=("${res#* }")
-    log "$label: ffmpeg run $r: ${res% *} s, ${res#* } KB"
+    fr+=("$res")
+    log "$label: ffmpeg run $r: wall, CPU s, KB: $res"
     if ((!FFMPEG_ONLY)); then
       res=$(run_timed "$WORK/ours.log" bash -c 'ours_cmd "$0"' "$in")
-      ot+=("${res% *}"); om+=("${res#* }")
-      log "$label: audio-worker run $r: ${res% *} s, ${res#* } KB"
+      or+=("$res")
+      log "$label: audio-worker run $r: wall, CPU s, KB: $res"
     fi
   done
-  local fs fmb os="n/a" omb="n/a" ratio="n/a"
-  fs=$(best_s "${ft[@]}"); fmb=$(max_mb "${fm[@]}")
+  local f fmb o="n/a n/a" omb="n/a" wr="n/a" cr="n/a"
+  f=$(best "${fr[@]}"); fmb=$(max_mb "${fr[@]}")
   if ((!FFMPEG_ONLY)); then
-    os=$(best_s "${ot[@]}"); omb=$(max_mb "${om[@]}")
-    ratio=$(python3 -c "import sys; a,b=map(float,sys.argv[1:]); print(f'{a/b:.2f}x' if b else 'inf')" "$fs" "$os")
+    o=$(best "${or[@]}"); omb=$(max_mb "${or[@]}")
+    wr=$(ratio "${f% *}" "${o% *}"); cr=$(ratio "${f#* }" "${o#* }")
   fi
-  ROWS+=("| $label | $fs | $fmb | $os | $omb | $ratio |")
+  ROWS+=("| $label | ${f% *} | ${o% *} | $wr | ${f#* } | ${o#* } | $cr | $fmb | $omb |")
 }
 
 bench "${MINUTES} min Opus/WebM 48 kHz mono 32 kb/s (Chrome live)" "$WEBM"
@@ -155,13 +159,14 @@ bench "${MINUTES} min WAV 48 kHz stereo s16 ($(($(stat -c %s "$WAV") / 1000000))
 if ((THREE)) && ((!FFMPEG_ONLY)); then
   cat "$WEBM3" >/dev/null
   res=$(run_timed "$WORK/ours.log" bash -c 'ours_cmd "$0"' "$WEBM3")
-  ROWS+=("| 180 min Opus/WebM 48 kHz mono 32 kb/s (Chrome live), audio-worker only | - | - | ${res% *} | $(max_mb "${res#* }") | - |")
+  read -r w c _ <<<"$res"
+  ROWS+=("| 180 min Opus/WebM 48 kHz mono 32 kb/s (Chrome live), audio-worker only | - | $w | - | - | $c | - | - | $(max_mb "$res") |")
 fi
 rm -rf "$OUT"
 
 echo
 echo "Host: $(nproc) CPUs, $(ffmpeg -version | head -1 | cut -d' ' -f1-3); best of $RUNS wall-clock runs (alternating), peak RSS = max over runs"
 echo
-echo "| input | ffmpeg s | ffmpeg peak MB | audio-worker s | audio-worker peak MB | speed ratio (ffmpeg / ours) |"
-echo "|---|---|---|---|---|---|"
+echo "| input | ffmpeg wall s | ours wall s | wall ratio | ffmpeg CPU s | ours CPU s | CPU ratio | ffmpeg peak MB | ours peak MB |"
+echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"

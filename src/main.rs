@@ -50,7 +50,7 @@ enum Command {
         /// Opus decoder threads (default: the number of cores, at most 4).
         #[arg(long)]
         threads: Option<usize>,
-        /// Rate libopus renders at before resampling: 48000 (canonical) or 16000 (direct, faster).
+        /// Rate libopus renders at: 16000 (direct, the default) or 48000 (then resampled).
         #[arg(long, default_value_t = audio_worker::audio::decode::OPUS_RATE_DEFAULT)]
         opus_rate: u32,
     },

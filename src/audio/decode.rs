@@ -4,8 +4,11 @@
 //! libopus at 16 kHz on every core ([`super::opus`]); everything else goes through symphonia's
 //! decoder on one thread while the calling thread downmixes and resamples, so two cores are busy
 //! either way. Encoder delay and padding are removed so the output starts and ends where the
-//! recording does: Opus pre-skip from `OpusHead`, AAC priming from the MP4 edit list, MP3 and
-//! Vorbis from what symphonia reads (LAME tag, Ogg granules).
+//! recording does: Opus pre-skip from `OpusHead` (MP4's big-endian `dOps`), AAC priming from the
+//! MP4 edit list, MP3 and Vorbis from what symphonia reads (LAME tag, Ogg granules). Every buffer
+//! is resampled at the rate the decoder produced it at, never the container's (HE-AAC). The
+//! duration limit is checked against the container's timestamps before decoding when the
+//! headers declare no duration ([`scan_duration`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -15,8 +18,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use symphonia::core::codecs::CodecParameters;
-use symphonia::core::codecs::audio::AudioDecoderOptions;
 use symphonia::core::codecs::audio::well_known::{CODEC_ID_AAC, CODEC_ID_OPUS};
+use symphonia::core::codecs::audio::{AudioCodecParameters, AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::probe::Hint;
 use symphonia::core::formats::well_known::{FORMAT_ID_ISOMP4, FORMAT_ID_MKV};
@@ -27,9 +30,11 @@ use symphonia::core::packet::Packet;
 use symphonia::core::units::TimeBase;
 
 use super::TARGET_RATE;
+use super::aac;
 use super::mp4_edit;
 use super::opus::{self, OpusHead, Segment};
 use super::resample::MonoResampler;
+use super::wav_header;
 use crate::error::{Error, ErrorCode, Result, panic_message};
 
 /// What the recording is, as found in its bytes. Serialised into the manifest.
@@ -68,16 +73,17 @@ pub struct DecodeLimits {
     pub max_corrupt_ratio: f64,
     /// Decoder threads for Opus (the other formats use one decoder thread).
     pub threads: usize,
-    /// The rate libopus renders at: 48 kHz (then resampled like every other format) or 16 kHz
-    /// (direct, faster). See `OPUS_RATE_DEFAULT` for why 48 kHz is the default.
+    /// The rate libopus renders at: 16 kHz (direct, the default) or 48 kHz (then resampled like
+    /// every other format). See `OPUS_RATE_DEFAULT` for why 16 kHz is the default.
     pub opus_rate: u32,
 }
 
-/// libopus 1.6 rendering SILK speech directly at 16 kHz agrees with its own 48 kHz output
-/// resampled by `sox rate -v` to only 15 dB in the speech band (same spectrum, different
-/// waveform; both are equally close to the original), while 48 kHz plus our resampler agrees to
-/// above 65 dB. We decode at 48 kHz by default so every decoder in the pipeline is the canonical one.
-pub const OPUS_RATE_DEFAULT: u32 = 48_000;
+/// libopus 1.6 rendering SILK speech directly at 16 kHz and rendering at 48 kHz then resampling
+/// differ only in waveform phase (15 dB in-band SER), not in what the consumers use: their
+/// Whisper-style log-mel spectra differ by a mean of 0.009, against 0.05-0.06 between either and
+/// the uncoded source (ARCHITECTURE.md; tests/prepare.rs measures it on every Opus fixture). The
+/// direct path skips a resampling pass and costs about a third less CPU.
+pub const OPUS_RATE_DEFAULT: u32 = 16_000;
 
 impl Default for DecodeLimits {
     fn default() -> Self {
@@ -98,8 +104,6 @@ const MAX_SAMPLE_RATE: u32 = 768_000;
 /// A sink for 16 kHz mono samples, in order.
 pub type Sink<'a> = dyn FnMut(&[f32]) -> Result<()> + 'a;
 
-/// Opus packets per parallel segment: 10 s of 20 ms packets.
-const SEGMENT_PACKETS: usize = 500;
 /// Decoded blocks buffered between the decoder thread and the resampler.
 const BLOCKS_IN_FLIGHT: usize = 8;
 
@@ -131,6 +135,111 @@ fn decode_file_unguarded(
     limits: &DecodeLimits,
     sink: &mut Sink<'_>,
 ) -> Result<DecodeReport> {
+    let (file, bytes) = open_input(path, limits)?;
+    let format = open_format(path, file, bytes)?;
+    let container = container_name(format.as_ref());
+    let is_mp4 = format.format_info().format == FORMAT_ID_ISOMP4;
+    let track = pick_audio_track(format.as_ref(), path)?;
+    let Some(CodecParameters::Audio(params)) = track.codec_params.clone() else {
+        unreachable!("pick_audio_track returns audio tracks only");
+    };
+    let is_opus = params.codec == CODEC_ID_OPUS;
+    let decoder = (!is_opus).then(|| make_decoder(&params)).transpose()?;
+    let container_rate = params.sample_rate.filter(|r| *r > 0);
+    let sample_rate = match &decoder {
+        None => opus::OPUS_CLOCK,
+        Some(d) => decoder_rate(d.as_ref(), container_rate)?,
+    };
+
+    let declared = declared_seconds(
+        format.as_ref(),
+        &track,
+        container_rate.unwrap_or(sample_rate),
+    );
+    match declared {
+        Some(seconds) if seconds > limits.max_duration_s => {
+            return Err(too_long(seconds, limits));
+        }
+        // Nothing in the headers says how long it is (Chrome's WebM, a piped FLAC or MP3), or the
+        // headers describe only the first of chained Ogg streams: read the timestamps first.
+        Some(_) if format.format_info().short_name != "ogg" => {}
+        _ => scan_duration(path, bytes, track.id, is_opus, limits)?,
+    }
+
+    let mut info = SourceInfo {
+        container,
+        codec: String::new(),
+        sample_rate,
+        // The decoder's view where it has one: HE-AAC v2's container says stereo (parametric
+        // stereo), while the core that is decoded is mono.
+        channels: decoder
+            .as_ref()
+            .and_then(|d| d.codec_params().channels.clone())
+            .or(params.channels.clone())
+            .map_or(0, |c| c.count() as u32),
+        duration_s: 0.0,
+        bytes,
+    };
+    let max_samples = (limits.max_duration_s * f64::from(TARGET_RATE)) as u64;
+    let mut samples = 0u64;
+    let mut counted_sink = |block: &[f32]| -> Result<()> {
+        samples += block.len() as u64;
+        if samples > max_samples {
+            return Err(too_long(samples as f64 / f64::from(TARGET_RATE), limits));
+        }
+        sink(block)
+    };
+
+    let edit = if is_mp4 {
+        File::open(path)
+            .ok()
+            .and_then(|mut f| mp4_edit::read_audio_edit(&mut f, params.codec == CODEC_ID_AAC))
+    } else {
+        None
+    };
+    let stats = match decoder {
+        None => {
+            info.codec = "opus".into();
+            let opus_track = OpusTrack {
+                extra_data: params.extra_data.as_deref(),
+                mp4: is_mp4,
+                edit,
+                declared_48k: declared.map(|s| (s * f64::from(opus::OPUS_CLOCK)).round() as u64),
+            };
+            decode_opus(format, &track, &opus_track, limits, &mut counted_sink)?
+        }
+        Some(decoder) => {
+            decode_symphonia(format, decoder, &track, edit, &mut info, &mut counted_sink)?
+        }
+    };
+
+    if stats.packets == 0 || samples == 0 {
+        return Err(Error::new(
+            ErrorCode::AudioEmpty,
+            "the audio track contains no samples",
+        ));
+    }
+    if stats.corrupt as f64 > limits.max_corrupt_ratio * stats.packets as f64 && stats.corrupt > 2 {
+        return Err(Error::new(
+            ErrorCode::AudioDecodeFailed,
+            format!(
+                "{} of {} audio packets are corrupt; the file is too damaged to transcribe",
+                stats.corrupt, stats.packets
+            ),
+        ));
+    }
+    info.duration_s = stats.source_frames as f64 / f64::from(info.sample_rate);
+    Ok(DecodeReport {
+        source: info,
+        samples,
+        packets: stats.packets,
+        corrupt_packets: stats.corrupt,
+        truncated: stats.truncated,
+    })
+}
+
+/// Opens the input and checks its size against the limits before anything reads it.
+fn open_input(path: &Path, limits: &DecodeLimits) -> Result<(File, u64)> {
     let file = File::open(path).map_err(|e| {
         let code = if e.kind() == std::io::ErrorKind::NotFound {
             ErrorCode::StorageNotFound
@@ -159,109 +268,138 @@ fn decode_file_unguarded(
             ),
         ));
     }
+    Ok((file, bytes))
+}
 
+/// Recognises the container from the bytes and opens its reader. A WAV's placeholder sizes are
+/// corrected on the way in ([`wav_header`]).
+fn open_format(path: &Path, mut file: File, bytes: u64) -> Result<Box<dyn FormatReader>> {
     let mut magic = [0u8; 8];
-    let magic_len = (&file).read(&mut magic).unwrap_or(0);
-    (&file)
-        .seek(SeekFrom::Start(0))
+    let magic_len = file.read(&mut magic).unwrap_or(0);
+    let patches = wav_header::header_patches(&mut file, bytes);
+    file.seek(SeekFrom::Start(0))
         .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-    let mss = MediaSourceStream::new(Box::new(file), Default::default());
-    let format = symphonia::default::get_probe()
+    let source = wav_header::PatchedSource::new(file, bytes, patches);
+    let mss = MediaSourceStream::new(Box::new(source), Default::default());
+    symphonia::default::get_probe()
         .probe(
             &Hint::new(),
             mss,
             FormatOptions::default(),
             MetadataOptions::default(),
         )
-        .map_err(|e| probe_error(e, &magic[..magic_len]))?;
-    let container = container_name(format.as_ref());
-    let track = pick_audio_track(format.as_ref())?;
-    let Some(CodecParameters::Audio(params)) = track.codec_params.clone() else {
-        unreachable!("pick_audio_track returns audio tracks only");
-    };
-    let sample_rate = params.sample_rate.filter(|r| *r > 0).ok_or_else(|| {
-        Error::new(
-            ErrorCode::AudioDecodeFailed,
-            "the audio track declares no sample rate",
-        )
-    })?;
+        .map_err(|e| probe_error(e, &magic[..magic_len]))
+}
+
+/// The symphonia decoder for a non-Opus track. Explicitly signalled HE-AAC gets its AAC-LC core's
+/// configuration, which symphonia decodes ([`super::aac`]).
+fn make_decoder(params: &AudioCodecParameters) -> Result<Box<dyn AudioDecoder>> {
+    let mut params = params.clone();
+    if params.codec == CODEC_ID_AAC
+        && let Some(core) = params.extra_data.as_deref().and_then(aac::core_config)
+    {
+        params.extra_data = Some(core.into_boxed_slice());
+    }
+    symphonia::default::get_codecs()
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::AudioUnsupportedFormat,
+                format!("the audio codec is not supported: {e}"),
+            )
+        })
+}
+
+/// The rate the decoder will render at: from the codec's own header where it has one (an MP4
+/// sample entry cannot hold 96 kHz and says 0; implicit HE-AAC's says twice its core's rate),
+/// else the container's. Decoded buffers are resampled at their own rate all the same.
+fn decoder_rate(decoder: &dyn AudioDecoder, container_rate: Option<u32>) -> Result<u32> {
+    let rate = decoder
+        .codec_params()
+        .sample_rate
+        .filter(|r| *r > 0)
+        .or(container_rate)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::AudioDecodeFailed,
+                "the audio track declares no sample rate",
+            )
+        })?;
     // A damaged header can declare any rate; resampling from 4 GHz builds an FFT of millions of
     // points per block and never finishes (found by fuzzing: fixtures/fuzz/wav-rate-4ghz-nan.wav).
-    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&sample_rate) {
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
         return Err(Error::new(
             ErrorCode::AudioDecodeFailed,
-            format!("the audio track declares an impossible sample rate of {sample_rate} Hz"),
+            format!("the audio track declares an impossible sample rate of {rate} Hz"),
         ));
     }
+    Ok(rate)
+}
 
-    if let Some(declared) = declared_frames(format.as_ref(), &track, sample_rate) {
-        let seconds = declared as f64 / f64::from(sample_rate);
+/// Refuses a recording that is longer than the limit from its packets' timestamps alone (for
+/// Opus, from the durations in their TOC bytes, which no container can lie about), before any of
+/// it is decoded. Used when the headers declare no duration: a 315 KB WebM of 2-byte packets
+/// holds five hours, and decoding four of them took 18 s and spilled 920 MB before the limit hit.
+/// Demuxing costs a small fraction of decoding. A chained Ogg file is refused here too.
+fn scan_duration(
+    path: &Path,
+    bytes: u64,
+    track_id: u32,
+    is_opus: bool,
+    limits: &DecodeLimits,
+) -> Result<()> {
+    let Ok(file) = File::open(path) else {
+        return Ok(()); // the decode itself reports what is wrong
+    };
+    let Ok(mut format) = open_format(path, file, bytes) else {
+        return Ok(());
+    };
+    let time_base = format
+        .tracks()
+        .iter()
+        .find(|t| t.id == track_id)
+        .and_then(|t| t.time_base);
+    let mut opus_frames = 0u64;
+    loop {
+        let packet = match format.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
+            Err(SymphoniaError::ResetRequired) => return Err(chained_ogg()),
+            Err(_) => return Ok(()), // damage: the decode decides what it means
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        let seconds = if is_opus {
+            opus_frames += opus::packet_frames(&packet.data, opus::OPUS_CLOCK).unwrap_or(0) as u64;
+            opus_frames as f64 / f64::from(opus::OPUS_CLOCK)
+        } else if let Some(tb) = time_base {
+            let seconds =
+                |ticks: f64| ticks * f64::from(tb.numer.get()) / f64::from(tb.denom.get());
+            // No codec's packet lasts a minute: such a packet is a damaged table (fuzzing found
+            // one claiming hours), which the decoder's own checks judge, not the duration limit.
+            if seconds(packet.dur.get() as f64) > MAX_PACKET_S {
+                return Ok(());
+            }
+            seconds(packet.pts.get().max(0) as f64 + packet.dur.get() as f64)
+        } else {
+            return Ok(());
+        };
         if seconds > limits.max_duration_s {
             return Err(too_long(seconds, limits));
         }
     }
+}
 
-    let mut info = SourceInfo {
-        container,
-        codec: String::new(),
-        sample_rate,
-        channels: params.channels.as_ref().map_or(0, |c| c.count() as u32),
-        duration_s: 0.0,
-        bytes,
-    };
-    let max_samples = (limits.max_duration_s * f64::from(TARGET_RATE)) as u64;
-    let mut samples = 0u64;
-    let mut counted_sink = |block: &[f32]| -> Result<()> {
-        samples += block.len() as u64;
-        if samples > max_samples {
-            return Err(too_long(samples as f64 / f64::from(TARGET_RATE), limits));
-        }
-        sink(block)
-    };
+/// Longer than any real packet (FLAC's largest block at 8 kHz is 8.2 s).
+const MAX_PACKET_S: f64 = 60.0;
 
-    let stats = if params.codec == CODEC_ID_OPUS {
-        info.codec = "opus".into();
-        decode_opus(
-            format,
-            &track,
-            &params.extra_data,
-            limits,
-            &mut counted_sink,
-        )?
-    } else {
-        let edit = if format.format_info().format == FORMAT_ID_ISOMP4 {
-            File::open(path)
-                .ok()
-                .and_then(|mut f| mp4_edit::read_audio_edit(&mut f, params.codec == CODEC_ID_AAC))
-        } else {
-            None
-        };
-        decode_symphonia(format, &track, edit, &mut info, &mut counted_sink)?
-    };
-
-    if stats.packets == 0 || samples == 0 {
-        return Err(Error::new(
-            ErrorCode::AudioEmpty,
-            "the audio track contains no samples",
-        ));
-    }
-    if stats.corrupt as f64 > limits.max_corrupt_ratio * stats.packets as f64 && stats.corrupt > 2 {
-        return Err(Error::new(
-            ErrorCode::AudioDecodeFailed,
-            format!(
-                "{} of {} audio packets are corrupt; the file is too damaged to transcribe",
-                stats.corrupt, stats.packets
-            ),
-        ));
-    }
-    info.duration_s = stats.source_frames as f64 / f64::from(sample_rate);
-    Ok(DecodeReport {
-        source: info,
-        samples,
-        packets: stats.packets,
-        corrupt_packets: stats.corrupt,
-        truncated: stats.truncated,
-    })
+fn chained_ogg() -> Error {
+    Error::new(
+        ErrorCode::AudioUnsupportedFormat,
+        "the Ogg file chains several recordings one after another (chained Ogg streams); \
+         only a single recording per file is supported",
+    )
 }
 
 /// Counters that both decoding paths return.
@@ -296,7 +434,7 @@ fn probe_error(err: SymphoniaError, magic: &[u8]) -> Error {
         ),
         SymphoniaError::Unsupported(_) => Error::new(
             ErrorCode::AudioUnsupportedFormat,
-            "not a recognised audio file (WebM, Ogg, MP4/M4A, MP3, WAV, FLAC or AIFF)",
+            "not a recognised audio file (WebM, Ogg, MP4/M4A, MP3, WAV, FLAC, AIFF or CAF)",
         ),
         SymphoniaError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Error::new(
             ErrorCode::AudioDecodeFailed,
@@ -320,7 +458,7 @@ fn container_name(format: &dyn FormatReader) -> String {
 }
 
 /// The audio track to decode, or a clear error when there is none or its codec is unknown.
-fn pick_audio_track(format: &dyn FormatReader) -> Result<Track> {
+fn pick_audio_track(format: &dyn FormatReader, path: &Path) -> Result<Track> {
     if let Some(track) = format.default_track(TrackType::Audio) {
         return Ok(track.clone());
     }
@@ -328,6 +466,21 @@ fn pick_audio_track(format: &dyn FormatReader) -> Result<Track> {
         return Err(Error::new(
             ErrorCode::AudioUnsupportedFormat,
             "the audio track uses a codec we cannot decode",
+        ));
+    }
+    // symphonia's MP4 reader drops a track whose sample entry it does not know (AMR from old
+    // phones' 3GP): the file has audio, in a codec we do not decode, and should say which.
+    if format.format_info().format == FORMAT_ID_ISOMP4
+        && let Some(entry) = File::open(path)
+            .ok()
+            .and_then(|mut f| mp4_edit::audio_sample_entry(&mut f))
+    {
+        return Err(Error::new(
+            ErrorCode::AudioUnsupportedFormat,
+            format!(
+                "the audio track is {}, which we cannot decode",
+                sample_entry_name(&entry)
+            ),
         ));
     }
     let what = if format.first_track(TrackType::Video).is_some() {
@@ -338,23 +491,42 @@ fn pick_audio_track(format: &dyn FormatReader) -> Result<Track> {
     Err(Error::new(ErrorCode::AudioNoAudioTrack, what))
 }
 
-/// The number of frames the container says the track has, at `rate`, when it says.
-fn declared_frames(format: &dyn FormatReader, track: &Track, rate: u32) -> Option<u64> {
-    if let Some(n) = track.num_frames {
-        return Some(n);
-    }
-    let to_frames = |ticks: u64, tb: TimeBase| {
-        (u128::from(ticks) * u128::from(tb.numer.get()) * u128::from(rate)
-            / u128::from(tb.denom.get())) as u64
+/// A person's name for an MP4 audio sample entry type.
+fn sample_entry_name(entry: &[u8; 4]) -> String {
+    let fourcc = String::from_utf8_lossy(entry);
+    let name = match entry {
+        b"samr" => "AMR-NB (narrow-band AMR speech)",
+        b"sawb" => "AMR-WB (wide-band AMR speech)",
+        b"sevc" => "EVRC speech",
+        b"sqcp" => "QCELP speech",
+        b"ac-3" => "AC-3 (Dolby Digital)",
+        b"ec-3" => "E-AC-3 (Dolby Digital Plus)",
+        b"ac-4" => "AC-4",
+        b"mha1" | b"mhm1" => "MPEG-H 3D Audio",
+        _ => return format!("in a format we do not know ('{fourcc}')"),
     };
-    if let (Some(d), Some(tb)) = (track.duration, track.time_base) {
-        return Some(to_frames(d.get(), tb));
-    }
-    let media = format.media_info();
-    match (media.duration, media.time_base) {
-        (Some(d), Some(tb)) => Some(to_frames(d.get(), tb)),
-        _ => None,
-    }
+    format!("{name}, '{fourcc}'")
+}
+
+/// How long the container says the track is, in seconds, when it says. Frame counts are at the
+/// container's `rate` (for implicit HE-AAC twice the rate that is decoded), so this is in
+/// seconds, not frames. A zero duration (a fragmented MP4's empty `moov`) says nothing.
+fn declared_seconds(format: &dyn FormatReader, track: &Track, rate: u32) -> Option<f64> {
+    let in_seconds = |ticks: u64, tb: TimeBase| {
+        ticks as f64 * f64::from(tb.numer.get()) / f64::from(tb.denom.get())
+    };
+    let seconds = if let Some(n) = track.num_frames {
+        n as f64 / f64::from(rate.max(1))
+    } else if let (Some(d), Some(tb)) = (track.duration, track.time_base) {
+        in_seconds(d.get(), tb)
+    } else {
+        let media = format.media_info();
+        match (media.duration, media.time_base) {
+            (Some(d), Some(tb)) => in_seconds(d.get(), tb),
+            _ => return None,
+        }
+    };
+    (seconds > 0.0).then_some(seconds)
 }
 
 /// How far a stream may run past its declared end and still be cut there: 200 ms, more than any
@@ -417,26 +589,16 @@ impl Trimmer {
     }
 }
 
-/// Decodes a non-Opus track with symphonia on a worker thread; this thread downmixes, trims and
-/// resamples.
+/// Decodes a non-Opus track with symphonia on a worker thread: it decodes, downmixes, trims and
+/// resamples; this thread hands the 16 kHz blocks on.
 fn decode_symphonia(
     mut format: Box<dyn FormatReader>,
+    mut decoder: Box<dyn AudioDecoder>,
     track: &Track,
     edit: Option<mp4_edit::AudioEdit>,
     info: &mut SourceInfo,
     sink: &mut Sink<'_>,
 ) -> Result<Stats> {
-    let Some(CodecParameters::Audio(params)) = &track.codec_params else {
-        unreachable!("audio track");
-    };
-    let mut decoder = symphonia::default::get_codecs()
-        .make_audio_decoder(params, &AudioDecoderOptions::default())
-        .map_err(|e| {
-            Error::new(
-                ErrorCode::AudioUnsupportedFormat,
-                format!("the audio codec is not supported: {e}"),
-            )
-        })?;
     info.codec = codec_name(decoder.codec_info().short_name);
     let rate = info.sample_rate;
     let track_id = track.id;
@@ -445,16 +607,15 @@ fn decode_symphonia(
         .map(|tb| f64::from(tb.numer.get()) * f64::from(rate) / f64::from(tb.denom.get()));
 
     let (tx, rx) = sync_channel::<Vec<f32>>(BLOCKS_IN_FLIGHT);
-    let (skip, keep) = edit.map_or((0, None), |e| (e.skip, e.keep));
+    let (skip, keep) = edit.map_or((0, None), |e| e.at_rate(rate));
     let mut trimmer = Trimmer::new(skip, keep, end_tolerance(rate));
-    let mut resampler = MonoResampler::new(rate)?;
+    let mut resampler = RateFollower::new(rate)?;
 
-    // The decoder thread decodes, downmixes, trims and resamples; this thread only hands the
-    // 16 kHz blocks on. Measured on a 48 kHz stereo WAV this split keeps both cores busiest.
+    // Measured on a 48 kHz stereo WAV this split keeps both cores busiest.
     std::thread::scope(|scope| {
         let decode = std::thread::Builder::new()
             .name("decode".into())
-            .spawn_scoped(scope, move || -> Result<(Stats, u32)> {
+            .spawn_scoped(scope, move || -> Result<(Stats, u32, u32)> {
                 let mut stats = Stats::default();
                 let mut channels = 0u32;
                 let mut interleaved: Vec<f32> = Vec::new();
@@ -470,6 +631,7 @@ fn decode_symphonia(
                         Ok(buf) => {
                             let n = buf.spec().channels().count().max(1);
                             channels = channels.max(n as u32);
+                            resampler.follow(buf.spec().rate(), &mut |r| out.push(r))?;
                             interleaved.resize(buf.samples_interleaved(), 0.0);
                             buf.copy_to_slice_interleaved(&mut interleaved[..]);
                             last_frames = buf.frames();
@@ -495,7 +657,7 @@ fn decode_symphonia(
                 resampler.finish(&mut |r| out.push(r))?;
                 out.flush()?;
                 stats.source_frames = trimmer.emitted();
-                Ok((stats, channels))
+                Ok((stats, channels, resampler.first_rate()))
             })
             .map_err(|e| Error::io("cannot start the decoder thread", e))?;
 
@@ -511,12 +673,66 @@ fn decode_symphonia(
         // it wins over the decoder's own "the consumer stopped".
         let decoded = join(decode);
         consumed?;
-        let (stats, channels) = decoded??;
+        let (stats, channels, decoded_rate) = decoded??;
         if info.channels == 0 {
             info.channels = channels;
         }
+        info.sample_rate = decoded_rate;
         Ok(stats)
     })
+}
+
+/// A resampler to 16 kHz from whatever rate the decoded buffers come at.
+///
+/// The rate of a buffer is the decoder's, not the container's: an implicitly signalled HE-AAC
+/// stream says 44.1 kHz in its MP4 sample entry while the AAC core decodes at 22.05 kHz, and
+/// resampling that as 44.1 kHz played it at double speed. A change of rate mid-stream flushes
+/// the old resampler and starts a new one.
+struct RateFollower {
+    rate: u32,
+    first: Option<u32>,
+    inner: MonoResampler,
+}
+
+impl RateFollower {
+    fn new(rate: u32) -> Result<RateFollower> {
+        Ok(RateFollower {
+            rate,
+            first: None,
+            inner: MonoResampler::new(rate)?,
+        })
+    }
+
+    /// Called with each decoded buffer's rate before its samples are pushed.
+    fn follow(&mut self, rate: u32, emit: &mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()> {
+        self.first.get_or_insert(rate);
+        if rate == self.rate {
+            return Ok(());
+        }
+        if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
+            return Err(Error::new(
+                ErrorCode::AudioDecodeFailed,
+                format!("the decoder produced audio at an impossible rate of {rate} Hz"),
+            ));
+        }
+        self.inner.finish(emit)?;
+        self.inner = MonoResampler::new(rate)?;
+        self.rate = rate;
+        Ok(())
+    }
+
+    fn push(&mut self, input: &[f32], emit: &mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()> {
+        self.inner.push(input, emit)
+    }
+
+    fn finish(&mut self, emit: &mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()> {
+        self.inner.finish(emit)
+    }
+
+    /// The rate of the first decoded buffer (the decoder's declared rate when none was).
+    fn first_rate(&self) -> u32 {
+        self.first.unwrap_or(self.rate)
+    }
 }
 
 /// Collects 16 kHz samples into blocks of a useful size before sending them to the consumer.
@@ -561,6 +777,9 @@ impl<'a> Batcher<'a> {
 fn next_packet(format: &mut dyn FormatReader, stats: &mut Stats) -> Result<Option<Packet>> {
     match format.next_packet() {
         Ok(packet) => Ok(packet),
+        // symphonia's Ogg reader found a second recording chained after the first; stopping
+        // there would silently drop everything after the first link.
+        Err(SymphoniaError::ResetRequired) => Err(chained_ogg()),
         Err(e) if stats.packets == 0 => Err(Error::new(
             ErrorCode::AudioDecodeFailed,
             format!("the audio data cannot be read: {e}"),
@@ -608,15 +827,60 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<Resul
     handle.join().map_err(|panic| crashed(panic.as_ref()))
 }
 
+/// What the Opus path needs to know about its track beyond the packets.
+struct OpusTrack<'a> {
+    /// The track's codec private data: `OpusHead`, or in MP4 the magic plus `dOps`.
+    extra_data: Option<&'a [u8]>,
+    mp4: bool,
+    /// The MP4 edit list: its media time is the pre-skip, its duration the recording's.
+    edit: Option<mp4_edit::AudioEdit>,
+    /// The duration the container declares, at 48 kHz.
+    declared_48k: Option<u64>,
+}
+
+impl OpusTrack<'_> {
+    fn head(&self) -> Option<OpusHead> {
+        let bytes = self.extra_data?;
+        if self.mp4 {
+            OpusHead::parse_dops(bytes)
+        } else {
+            OpusHead::parse(bytes)
+        }
+    }
+
+    /// Samples at 48 kHz to drop at the start and to keep after them. Ogg's final granule and
+    /// MP4's media duration count the pre-skip; Matroska's Duration does not.
+    fn trim_48k(
+        &self,
+        head: Option<OpusHead>,
+        fallback_delay: u32,
+        ogg: bool,
+    ) -> (u64, Option<u64>) {
+        if let Some(edit) = self.edit {
+            let (skip, keep) = edit.at_rate(opus::OPUS_CLOCK);
+            return (skip, keep);
+        }
+        let pre_skip = head.map_or(u64::from(fallback_delay), |h| u64::from(h.pre_skip));
+        let keep = self.declared_48k.map(|n| {
+            if ogg || self.mp4 {
+                n.saturating_sub(pre_skip)
+            } else {
+                n
+            }
+        });
+        (pre_skip, keep)
+    }
+}
+
 /// Decodes an Opus track in parallel segments; see [`super::opus`].
 fn decode_opus(
     mut format: Box<dyn FormatReader>,
     track: &Track,
-    extra_data: &Option<Box<[u8]>>,
+    opus_track: &OpusTrack<'_>,
     limits: &DecodeLimits,
     sink: &mut Sink<'_>,
 ) -> Result<Stats> {
-    let head = extra_data.as_deref().and_then(OpusHead::parse);
+    let head = opus_track.head();
     if let Some(h) = head
         && h.channels > 2
         && h.mapping_family != 0
@@ -637,20 +901,9 @@ fn decode_opus(
         ));
     }
     let ratio = u64::from(opus::OPUS_CLOCK / rate);
-    let pre_skip = head.map_or(track.delay.unwrap_or(0) as u64, |h| u64::from(h.pre_skip));
-    // Ogg counts the pre-skip in its final granule position; Matroska's duration does not.
-    let declared = declared_frames(format.as_ref(), track, opus::OPUS_CLOCK).map(|n| {
-        if format.format_info().short_name == "ogg" {
-            n.saturating_sub(pre_skip)
-        } else {
-            n
-        }
-    });
-    let mut trimmer = Trimmer::new(
-        pre_skip / ratio,
-        declared.map(|n| n / ratio),
-        end_tolerance(rate),
-    );
+    let ogg = format.format_info().short_name == "ogg";
+    let (skip, keep) = opus_track.trim_48k(head, track.delay.unwrap_or(0), ogg);
+    let mut trimmer = Trimmer::new(skip / ratio, keep.map(|n| n / ratio), end_tolerance(rate));
     let mut resampler = MonoResampler::new(rate)?;
 
     let threads = limits.threads.max(1);
@@ -710,7 +963,8 @@ fn demux_opus(
     let mut segment = Segment {
         index: 0,
         pre_roll: Vec::new(),
-        packets: Vec::with_capacity(SEGMENT_PACKETS),
+        packets: Vec::new(),
+        frames_48k: 0,
     };
     let send = |segment: Segment| -> bool { credits.recv().is_ok() && jobs.send(segment).is_ok() };
     while let Some(packet) = next_packet(format, &mut stats)? {
@@ -718,13 +972,17 @@ fn demux_opus(
             continue;
         }
         stats.packets += 1;
+        // A packet whose TOC cannot be read still takes its place; count it as 20 ms.
+        let frames = opus::packet_frames(&packet.data, opus::OPUS_CLOCK).unwrap_or(960);
+        segment.frames_48k += frames as u64;
         segment.packets.push(packet.data);
-        if segment.packets.len() == SEGMENT_PACKETS {
-            let pre_roll = segment.packets[SEGMENT_PACKETS - opus::PRE_ROLL_PACKETS..].to_vec();
+        if opus::segment_full(segment.frames_48k) {
+            let from = segment.packets.len().saturating_sub(opus::PRE_ROLL_PACKETS);
             let next = Segment {
                 index: segment.index + 1,
-                pre_roll,
-                packets: Vec::with_capacity(SEGMENT_PACKETS),
+                pre_roll: segment.packets[from..].to_vec(),
+                packets: Vec::new(),
+                frames_48k: 0,
             };
             if !send(std::mem::replace(&mut segment, next)) {
                 return Ok(stats); // the consumer stopped; it reports why

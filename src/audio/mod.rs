@@ -4,6 +4,7 @@
 //! level meter and a PCM spill file; the speech map and the gain come from the frame levels; the
 //! chunk files are cut from the spill file. Memory stays flat however long the recording is.
 
+pub mod aac;
 pub mod chunk;
 pub mod decode;
 pub mod loudness;
@@ -14,6 +15,7 @@ pub mod peaks;
 pub mod resample;
 pub mod spill;
 pub mod vad;
+pub mod wav_header;
 
 use std::fs::File;
 use std::io::BufWriter;

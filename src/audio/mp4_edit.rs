@@ -10,13 +10,29 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
-/// Which decoded samples (at the track's own rate) belong to the recording.
+/// Which decoded samples belong to the recording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioEdit {
-    /// Decoded samples to drop at the start (encoder priming).
+    /// Samples to drop at the start (encoder priming).
     pub skip: u64,
     /// Samples to keep after the skip, when the edit says.
     pub keep: Option<u64>,
+    /// The rate `skip` and `keep` count at: the track's media timescale, which for HE-AAC is
+    /// twice the rate of the AAC core that is decoded. `None`: at the decoded rate.
+    pub timescale: Option<u32>,
+}
+
+impl AudioEdit {
+    /// `skip` and `keep` as samples at the decoded `rate`.
+    pub fn at_rate(&self, rate: u32) -> (u64, Option<u64>) {
+        let scale = |n: u64| match self.timescale {
+            Some(ts) if ts > 0 && ts != rate => {
+                (u128::from(n) * u128::from(rate) / u128::from(ts)) as u64
+            }
+            _ => n,
+        };
+        (scale(self.skip), self.keep.map(scale))
+    }
 }
 
 /// Largest box we read into memory: edit lists and headers are tiny.
@@ -35,13 +51,47 @@ pub fn read_audio_edit(file: &mut File, aac: bool) -> Option<AudioEdit> {
         return Some(edit);
     }
     if let Some(edit) = read_itunsmpb(file, moov) {
-        return Some(edit);
+        // iTunes counts in output samples, at the rate of the audio track's media timescale.
+        let timescale = audio_mdia(file, moov).and_then(|m| read_mdhd_timescale(file, m));
+        return Some(AudioEdit { timescale, ..edit });
     }
     let fragmented = find_child(file, moov.0, moov.1, b"mvex").is_some();
     (aac && fragmented).then_some(AudioEdit {
         skip: DEFAULT_AAC_PRIMING,
         keep: None,
+        timescale: None,
     })
+}
+
+/// The `mdia` box of the first audio (`soun`) track.
+fn audio_mdia(file: &mut File, moov: (u64, u64)) -> Option<(u64, u64)> {
+    let mut pos = moov.0;
+    while let Some(trak) = next_box(file, pos, moov.1) {
+        pos = trak.end;
+        if &trak.kind != b"trak" {
+            continue;
+        }
+        let Some(mdia) = find_child(file, trak.body, trak.end, b"mdia") else {
+            continue;
+        };
+        if read_handler(file, mdia) == Some(*b"soun") {
+            return Some(mdia);
+        }
+    }
+    None
+}
+
+/// The sample entry type (`mp4a`, `samr`, `Opus`, ...) of the first audio track: what to name
+/// when no decoder takes the track (symphonia drops tracks whose sample entry it does not know).
+pub fn audio_sample_entry(file: &mut File) -> Option<[u8; 4]> {
+    let len = file.metadata().ok()?.len();
+    let moov = find_child(file, 0, len, b"moov")?;
+    let mdia = audio_mdia(file, moov)?;
+    let minf = find_child(file, mdia.0, mdia.1, b"minf")?;
+    let stbl = find_child(file, minf.0, minf.1, b"stbl")?;
+    let stsd = find_child(file, stbl.0, stbl.1, b"stsd")?;
+    // `stsd` is a full box with an entry count: eight bytes before the first entry.
+    next_box(file, stsd.0 + 8, stsd.1).map(|entry| entry.kind)
 }
 
 /// The edit list of the first audio (`soun`) track.
@@ -122,6 +172,7 @@ fn parse_freeform_itunsmpb(body: &[u8]) -> Option<AudioEdit> {
     Some(AudioEdit {
         skip,
         keep: (count > 0).then_some(count),
+        timescale: None,
     })
 }
 
@@ -154,6 +205,7 @@ fn parse_elst(body: &[u8], movie_timescale: u32, media_timescale: u32) -> Option
         return Some(AudioEdit {
             skip: media_time as u64,
             keep,
+            timescale: Some(media_timescale),
         });
     }
     None
@@ -256,7 +308,8 @@ mod tests {
             edit,
             AudioEdit {
                 skip: 1024,
-                keep: Some(48_000)
+                keep: Some(48_000),
+                timescale: Some(48_000),
             }
         );
     }
@@ -297,6 +350,22 @@ mod tests {
             .map(|&b| if b == b'S' { b'X' } else { b })
             .collect();
         assert_eq!(parse_freeform_itunsmpb(&other), None);
+    }
+
+    #[test]
+    fn an_edit_in_the_doubled_timescale_of_he_aac_counts_core_samples() {
+        let edit = AudioEdit {
+            skip: 4096,
+            keep: Some(88_200),
+            timescale: Some(44_100),
+        };
+        assert_eq!(edit.at_rate(22_050), (2048, Some(44_100)));
+        assert_eq!(edit.at_rate(44_100), (4096, Some(88_200)));
+        let decoded = AudioEdit {
+            timescale: None,
+            ..edit
+        };
+        assert_eq!(decoded.at_rate(22_050), (4096, Some(88_200)));
     }
 
     #[test]

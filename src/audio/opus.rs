@@ -34,13 +34,37 @@ pub struct OpusHead {
 impl OpusHead {
     /// Parses `OpusHead` from a track's codec private data (Ogg and Matroska carry the same bytes).
     pub fn parse(bytes: &[u8]) -> Option<OpusHead> {
+        Self::parse_with(bytes, false)
+    }
+
+    /// Parses what symphonia's MP4 reader hands over for Opus: the magic `OpusHead` followed by
+    /// the body of the `dOps` box, whose fields are big-endian (ISO Opus mapping, 4.3.2), not
+    /// little-endian as in `OpusHead`. Read as `OpusHead`, pre-skip 312 becomes 14337 and the
+    /// first 292 ms of the recording vanish.
+    pub fn parse_dops(bytes: &[u8]) -> Option<OpusHead> {
+        Self::parse_with(bytes, true)
+    }
+
+    /// Both layouts share the field order; only the byte order of the multi-byte fields differs.
+    fn parse_with(bytes: &[u8], big_endian: bool) -> Option<OpusHead> {
         if bytes.len() < 19 || &bytes[..8] != b"OpusHead" {
             return None;
         }
+        let (pre_skip, input_sample_rate) = if big_endian {
+            (
+                u16::from_be_bytes([bytes[10], bytes[11]]),
+                u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]),
+            )
+        } else {
+            (
+                u16::from_le_bytes([bytes[10], bytes[11]]),
+                u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]),
+            )
+        };
         Some(OpusHead {
             channels: bytes[9],
-            pre_skip: u16::from_le_bytes([bytes[10], bytes[11]]),
-            input_sample_rate: u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]),
+            pre_skip,
+            input_sample_rate,
             mapping_family: bytes[18],
         })
     }
@@ -159,6 +183,18 @@ pub struct Segment {
     /// The packets just before this segment, decoded only to warm the decoder up.
     pub pre_roll: Vec<Box<[u8]>>,
     pub packets: Vec<Box<[u8]>>,
+    /// What the packets decode to, at 48 kHz, from their TOC bytes.
+    pub frames_48k: u64,
+}
+
+/// Audio per segment: 10 s. Segments are cut by duration, not by packet count, so the decoded
+/// segments waiting in memory are bounded by audio time: 500 packets of 120 ms (a hostile or
+/// merely low-rate stream) held 60 s each and took the peak to 145 MB.
+pub const SEGMENT_FRAMES_48K: u64 = 10 * OPUS_CLOCK as u64;
+
+/// Whether a segment holding `frames_48k` of audio is complete.
+pub fn segment_full(frames_48k: u64) -> bool {
+    frames_48k >= SEGMENT_FRAMES_48K
 }
 
 /// The decoded samples of one segment, and how many of its packets were corrupt.
@@ -178,7 +214,9 @@ pub fn decode_segment(segment: Segment, rate: u32) -> Result<DecodedSegment, Str
             last_frames = pcm.len();
         }
     }
-    let mut samples = Vec::with_capacity(segment.packets.len() * last_frames);
+    let ratio = u64::from(OPUS_CLOCK / rate.max(1));
+    let mut samples =
+        Vec::with_capacity((segment.frames_48k / ratio.max(1)) as usize + last_frames);
     let mut corrupt_packets = 0;
     for packet in &segment.packets {
         match decoder.decode(packet) {
@@ -214,6 +252,28 @@ mod tests {
         assert_eq!(parsed.input_sample_rate, 48_000);
         assert_eq!(parsed.mapping_family, 0);
         assert!(OpusHead::parse(b"OpusTags").is_none());
+    }
+
+    #[test]
+    fn parses_the_big_endian_dops_of_mp4() {
+        // What symphonia hands over for opus.mp4: the magic, then dOps' body as it is in the file.
+        let mut dops = b"OpusHead".to_vec();
+        dops.extend_from_slice(&[0, 1, 0x01, 0x38, 0, 0, 0xBB, 0x80, 0, 0, 0]);
+        let parsed = OpusHead::parse_dops(&dops).unwrap();
+        assert_eq!(parsed.pre_skip, 312);
+        assert_eq!(parsed.input_sample_rate, 48_000);
+        assert_eq!(parsed.channels, 1);
+        assert_eq!(OpusHead::parse(&dops).unwrap().pre_skip, 14_337, "the bug");
+    }
+
+    #[test]
+    fn segments_are_cut_by_audio_time_not_packet_count() {
+        // 500 packets of 120 ms are a minute: far past one segment.
+        let packet_120ms = [0x1B, 0x02];
+        let per_packet = packet_frames(&packet_120ms, OPUS_CLOCK).unwrap() as u64;
+        assert_eq!(per_packet, 5_760);
+        assert!(!segment_full(83 * per_packet));
+        assert!(segment_full(84 * per_packet));
     }
 
     #[test]

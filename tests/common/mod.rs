@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod fakes;
 pub mod faulty;
+pub mod logmel;
 pub mod postgres;
 pub mod postgrest;
 pub mod s3;
@@ -33,6 +34,9 @@ pub struct Fixture {
     pub reference: Option<String>,
     #[serde(default)]
     pub speech_regions: Option<Vec<[f64; 2]>>,
+    /// Which part of the master the file holds, in master seconds.
+    #[serde(default)]
+    pub master_window_s: Option<[f64; 2]>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -181,4 +185,9 @@ pub const BAD_INPUTS: &[(&str, Option<&str>)] = &[
     ("bad/truncated.webm", None),
     ("bad/corrupt-middle.mp3", None),
     ("bad/corrupt-middle.webm", None),
+    // Issue 14: refused with a code that says why, never a silent part of the file.
+    ("bad/chained.opus", Some("AUDIO_UNSUPPORTED_FORMAT")),
+    ("bad/amr-nb.3gp", Some("AUDIO_UNSUPPORTED_FORMAT")),
+    ("bad/opus-5h-tiny.webm", Some("AUDIO_TOO_LONG")),
+    ("bad/flac-5h-silence.flac", Some("AUDIO_TOO_LONG")),
 ];
