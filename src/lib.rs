@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod queue;
 pub mod replay;
 pub mod report;
+pub mod retry;
 pub mod server;
 pub mod speakers;
 pub mod storage;
