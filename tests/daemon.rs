@@ -78,7 +78,15 @@ async fn good_jobs_complete_once_and_poison_jobs_fail_visibly_with_their_codes()
     let mut worker = stack.worker("w1", &[]);
     let (status, body) = worker.get(worker.port, "/health").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
-    let (status, body) = worker.get(worker.port, "/ready").await;
+    // /health answers before Redis is reached; /ready once the worker is connected.
+    let started = Instant::now();
+    let (status, body) = loop {
+        let (status, body) = worker.get(worker.port, "/ready").await;
+        if status == 200 || started.elapsed() > Duration::from_secs(20) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let ready: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status, 200, "{body}");
     let names: Vec<_> = ready["checks"]
