@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod diarize;
 pub mod error;
 pub mod job;
+pub mod memory;
 pub mod pipeline;
 pub mod queue;
 pub mod replay;

@@ -166,6 +166,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             exit_when_idle,
             concurrency,
         } => {
+            // Before the runtime's threads exist (src/memory.rs: arenas held RSS up).
+            audio_worker::memory::limit_arenas();
             telemetry::init_logging();
             let mut config = Config::from_env()?;
             if exit_when_idle.is_some() {

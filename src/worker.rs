@@ -178,6 +178,8 @@ pub async fn run(
                 jobs.spawn(async move {
                     let _permit = permit;
                     let outcome = process(&services, delivery, cancel).await;
+                    // The job's buffers are gone: give their pages back (src/memory.rs).
+                    crate::memory::trim();
                     *last_done.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                     outcome
                 });

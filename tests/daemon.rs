@@ -1080,7 +1080,10 @@ async fn long_lived_worker_memory() {
     let extra: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("MALLOC_") || k == "WORKER_CONCURRENCY")
         .collect();
-    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let extra: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let w = stack.worker("rss", &extra);
     let queue = stack.queue().await;
     let (mut peak, mut reported) = (0.0f64, 0u64);
@@ -1091,13 +1094,20 @@ async fn long_lived_worker_memory() {
         let rss = rss_mb(w.child.id()).unwrap_or(0.0);
         peak = peak.max(rss);
         if done >= reported + 10 || depth.length == 0 {
-            println!("after {done:>4} jobs: RSS {rss:6.1} MB (peak {peak:6.1} MB, {:?})", started.elapsed());
+            println!(
+                "after {done:>4} jobs: RSS {rss:6.1} MB (peak {peak:6.1} MB, {:?})",
+                started.elapsed()
+            );
             reported = done;
         }
         if depth.length == 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(1800), "{}", w.logs());
+        assert!(
+            started.elapsed() < Duration::from_secs(1800),
+            "{}",
+            w.logs()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
