@@ -250,9 +250,9 @@ impl Config {
                 "MAX_AUDIO_MINUTES",
                 (self.max_duration_s / 60.0).round().to_string(),
             ),
-            ("SUPABASE_URL", self.supabase.url.clone()),
+            ("SUPABASE_URL", redact_url(&self.supabase.url)),
             ("SUPABASE_SERVICE_KEY", secret(true)),
-            ("OPENAI_BASE_URL", self.openai.base_url.clone()),
+            ("OPENAI_BASE_URL", redact_url(&self.openai.base_url)),
             ("OPENAI_API_KEY", secret(true)),
             ("WHISPER_MODEL", self.openai.model.clone()),
             (
@@ -265,7 +265,7 @@ impl Config {
                 "GEMINI_BASE_URL",
                 self.gemini
                     .as_ref()
-                    .map_or(String::new(), |g| g.base_url.clone()),
+                    .map_or(String::new(), |g| redact_url(&g.base_url)),
             ),
             ("GOOGLE_API_KEY", secret(self.gemini.is_some())),
             (
@@ -377,6 +377,30 @@ mod tests {
         assert!(c.queue.consumer.starts_with("e784079b-"));
         assert_eq!(c.storage.max_bytes, 2_048_000_000);
         assert!(c.gemini.is_some());
+    }
+
+    /// Issue 15, item 9: credentials inside any URL variable stay out of `check` and `Debug`.
+    #[test]
+    fn credentials_in_url_variables_are_redacted() {
+        let mut vars: Vec<(&str, &str)> = MINIMAL.to_vec();
+        vars.retain(|(k, _)| *k != "SUPABASE_URL");
+        vars.push(("SUPABASE_URL", "https://sbuser:sb-url-pass@abc.supabase.co"));
+        vars.push((
+            "OPENAI_BASE_URL",
+            "https://proxy-user:openai-url-pass@proxy.example/v1",
+        ));
+        vars.push(("GEMINI_BASE_URL", "https://gem.example?key=gemini-url-key"));
+        let c = Config::from_lookup(env(&vars)).unwrap();
+        let shown = format!("{:?} {:?}", c.describe(), c);
+        for secret in [
+            "sb-url-pass",
+            "openai-url-pass",
+            "gemini-url-key",
+            "redis-pass-xyz",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        assert!(shown.contains("https://***@proxy.example/v1"), "{shown}");
     }
 
     #[test]

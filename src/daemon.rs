@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::pipeline::PipelineOptions;
 use crate::queue::Queue;
-use crate::server::{self, HealthRoutes, MetricsRoutes, Probe};
+use crate::server::{self, HealthRoutes, MetricsRoutes, Probe, ServeLimits};
 use crate::storage;
 use crate::supabase::SupabaseClient;
 use crate::telemetry;
@@ -41,30 +41,36 @@ pub async fn run(mut config: Config) -> Result<()> {
     let metrics = telemetry::init_metrics()?;
     info!(config = ?config, "starting");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let queue = connect_queue(&config, stop_rx.clone()).await?;
-    let Some(queue) = queue else {
-        info!("stopped before Redis came up");
-        return Ok(());
-    };
-    let services = Arc::new(services(&config, queue).await?);
-    let own_dir = services.pipeline.work_root.clone();
+    tokio::spawn(forward_signals(stop_tx.clone()));
 
-    let probes = readiness_probes(&services);
+    // Listen before waiting for Redis: /health must answer while the worker waits (Fly stops a
+    // machine whose checks fail); /ready says not ready until the probes exist.
+    let health_routes = Arc::new(HealthRoutes::default());
     let (health_addr, health) = server::serve(
         SocketAddr::from(([0, 0, 0, 0], config.port)),
-        Arc::new(HealthRoutes { probes }),
+        Arc::clone(&health_routes) as Arc<dyn server::Routes>,
+        ServeLimits::PUBLIC,
         stop_rx.clone(),
     )
     .await?;
     let (metrics_addr, metrics_server) = server::serve(
         SocketAddr::from(([0, 0, 0, 0], config.metrics_port)),
         Arc::new(MetricsRoutes(metrics)),
+        ServeLimits::PUBLIC,
         stop_rx.clone(),
     )
     .await?;
     info!(%health_addr, %metrics_addr, consumer = %config.queue.consumer, "listening");
 
-    tokio::spawn(forward_signals(stop_tx.clone()));
+    let queue = connect_queue(&config, stop_rx.clone()).await?;
+    let Some(queue) = queue else {
+        info!("stopped before Redis came up");
+        let _ = tokio::join!(health, metrics_server);
+        return Ok(());
+    };
+    let services = Arc::new(services(&config, queue).await?);
+    let own_dir = services.pipeline.work_root.clone();
+    let _ = health_routes.probes.set(readiness_probes(&services));
     let opts = WorkerOptions {
         concurrency: config.concurrency,
         shutdown_grace: config.shutdown_grace,

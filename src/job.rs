@@ -21,7 +21,9 @@
 //! - `language`: ISO 639-1, two lowercase letters, optionally a region (`ja`, `en-US`); default
 //!   `ja`;
 //! - `enqueued_at`: RFC 3339 `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, what JavaScript's
-//!   `new Date().toISOString()` writes.
+//!   `new Date().toISOString()` writes;
+//! - `keywords` (optional): at most [`MAX_KEYWORDS`] distinct terms (names, company words) for
+//!   the transcriber, each 1–[`MAX_KEYWORD_CHARS`] characters, trimmed, no control characters.
 //!
 //! Every failure is [`ErrorCode::QueueInvalidJob`] (permanent) with a message naming the field.
 //!
@@ -33,6 +35,9 @@
 //! ```text
 //! version \n job_id \n session_id \n user_id \n audio.bucket \n audio.key \n language \n enqueued_at
 //! ```
+//!
+//! followed, only when the job has keywords, by `\n` and each keyword in order joined by `\n`
+//! (a job without keywords signs exactly as before they existed).
 //!
 //! Each field exactly as sent (version in decimal; `language` after the `ja` default is applied;
 //! `enqueued_at` as the string in the JSON, not re-formatted). Validation forbids newlines in every
@@ -55,6 +60,11 @@ use crate::pipeline::PipelineJob;
 pub const JOB_VERSION: u32 = 1;
 /// Larger payloads are rejected before parsing (a job is a few hundred bytes).
 pub const MAX_JOB_BYTES: usize = 16 * 1024;
+/// Vocabulary terms one job may carry: enough for the names and company words of a session,
+/// few enough that the request and the signature stay small.
+pub const MAX_KEYWORDS: usize = 50;
+/// Characters per keyword (a name or a short phrase).
+pub const MAX_KEYWORD_CHARS: usize = 64;
 /// The language when the producer does not say.
 pub const DEFAULT_LANGUAGE: &str = "ja";
 /// How far in the future `enqueued_at` may lie (producer clocks drift).
@@ -88,6 +98,9 @@ pub struct Job {
     /// Lowercase hex HMAC-SHA256 of [`Job::canonical_string`], when the producer has a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// Names and terms the transcriber should expect (optional; sent as `keywords[]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
 }
 
 /// Where the recording lies: a key inside a bucket, never a URL.
@@ -128,6 +141,7 @@ impl Job {
             language: language.into(),
             enqueued_at: format_rfc3339(now),
             signature: None,
+            keywords: Vec::new(),
         }
     }
 
@@ -151,7 +165,7 @@ impl Job {
 
     /// Field by field rather than through serde, so that every error names its field.
     fn from_value(value: &Value) -> Result<Job> {
-        const FIELDS: [&str; 8] = [
+        const FIELDS: [&str; 9] = [
             "version",
             "job_id",
             "session_id",
@@ -160,6 +174,7 @@ impl Job {
             "language",
             "enqueued_at",
             "signature",
+            "keywords",
         ];
         let obj = value
             .as_object()
@@ -206,6 +221,7 @@ impl Job {
             language: string(obj, "", "language")?.unwrap_or_else(default_language),
             enqueued_at: required(obj, "", "enqueued_at")?,
             signature: string(obj, "", "signature")?,
+            keywords: keywords_of(obj.get("keywords"))?,
         })
     }
 
@@ -225,6 +241,7 @@ impl Job {
         check_language(&self.language)?;
         parse_rfc3339(&self.enqueued_at)
             .ok_or_else(|| invalid("enqueued_at", "not an RFC 3339 timestamp"))?;
+        check_keywords(&self.keywords)?;
         if let Some(sig) = &self.signature
             && (sig.len() != 64 || !sig.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
         {
@@ -250,6 +267,9 @@ impl Job {
             &self.language,
             &self.enqueued_at,
         ]
+        .into_iter()
+        .chain(self.keywords.iter().map(String::as_str))
+        .collect::<Vec<_>>()
         .join("\n")
     }
 
@@ -273,6 +293,7 @@ impl Job {
         PipelineJob {
             session_id: self.session_id.clone(),
             language: self.base_language().to_string(),
+            keywords: self.keywords.clone(),
         }
     }
 
@@ -421,6 +442,54 @@ fn has_scheme(s: &str) -> bool {
         && scheme
             .iter()
             .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'-' || c == b'.')
+}
+
+/// `keywords` as a list of strings (absent or null: none).
+fn keywords_of(value: Option<&Value>) -> Result<Vec<String>> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| invalid(&format!("keywords[{i}]"), "must be a string"))
+            })
+            .collect(),
+        Some(_) => Err(invalid("keywords", "must be an array of strings")),
+    }
+}
+
+/// The bounds of `keywords` (module documentation): they reach a paid API and the signature, so
+/// they are small, plain and unambiguous (no newline can shift the canonical string).
+pub fn check_keywords(keywords: &[String]) -> Result<()> {
+    if keywords.len() > MAX_KEYWORDS {
+        return Err(invalid(
+            "keywords",
+            format!("{} terms, at most {MAX_KEYWORDS} allowed", keywords.len()),
+        ));
+    }
+    for (i, k) in keywords.iter().enumerate() {
+        let field = format!("keywords[{i}]");
+        let n = k.chars().count();
+        if n == 0 || n > MAX_KEYWORD_CHARS {
+            return Err(invalid(
+                &field,
+                format!("must have 1 to {MAX_KEYWORD_CHARS} characters, has {n}"),
+            ));
+        }
+        if k.trim() != k || k.chars().any(char::is_control) {
+            return Err(invalid(
+                &field,
+                "no leading or trailing space, no control characters",
+            ));
+        }
+        if keywords[..i].contains(k) {
+            return Err(invalid(&field, format!("{k:?} is repeated")));
+        }
+    }
+    Ok(())
 }
 
 fn check_language(lang: &str) -> Result<()> {
@@ -986,6 +1055,42 @@ mod tests {
             .unwrap();
     }
 
+    /// Issue 12, keywords: optional, bounded, and covered by the signature.
+    #[test]
+    fn keywords_are_bounded_and_signed() {
+        let mut job = signed();
+        let plain = job.canonical_string();
+        job.keywords = vec!["山田".into(), "Acme".into()];
+        assert_eq!(job.canonical_string(), format!("{plain}\n山田\nAcme"));
+        assert!(
+            verify(&job, SECRET, now(), Duration::from_secs(3600)).is_err(),
+            "tampered"
+        );
+        sign(&mut job, SECRET);
+        let back = Job::parse(&job.to_json()).unwrap();
+        assert_eq!(back.keywords, ["山田", "Acme"]);
+        verify(&back, SECRET, now(), Duration::from_secs(3600)).unwrap();
+        assert_eq!(back.pipeline_job().keywords, ["山田", "Acme"]);
+
+        let refused = |keywords: Vec<String>| {
+            let mut j = job.clone();
+            j.keywords = keywords;
+            let e = Job::parse(&j.to_json()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::QueueInvalidJob);
+            e.message
+        };
+        assert!(refused((0..=MAX_KEYWORDS).map(|i| format!("k{i}")).collect()).contains("at most"));
+        assert!(refused(vec!["x".repeat(MAX_KEYWORD_CHARS + 1)]).contains("keywords[0]"));
+        assert!(refused(vec!["".into()]).contains("keywords[0]"));
+        assert!(refused(vec!["a\nb".into()]).contains("control"));
+        assert!(refused(vec![" a".into()]).contains("space"));
+        assert!(refused(vec!["a".into(), "a".into()]).contains("repeated"));
+        let mut v: Value = serde_json::from_slice(&job.to_json()).unwrap();
+        v["keywords"] = json!("not a list");
+        let e = Job::parse(v.to_string().as_bytes()).unwrap_err();
+        assert!(e.message.contains("job.keywords"), "{}", e.message);
+    }
+
     /// The published schema and the struct must not drift apart: the serialized Job has exactly
     /// the schema's keys, the required ones, the types, and the patterns the code enforces.
     #[test]
@@ -998,6 +1103,8 @@ mod tests {
         );
         let mut full = signed();
         full.language = "en-US".into();
+        full.keywords = vec!["山田太郎".into(), "Acme株式会社".into()];
+        sign(&mut full, SECRET);
         let unsigned = parse(&good()).unwrap();
         for job in [&full, &unsigned] {
             let value: Value = serde_json::from_slice(&job.to_json()).unwrap();
@@ -1051,6 +1158,9 @@ mod tests {
             schema["properties"]["signature"]["pattern"],
             "^[0-9a-f]{64}$"
         );
+        let keywords = &schema["properties"]["keywords"];
+        assert_eq!(keywords["maxItems"], MAX_KEYWORDS);
+        assert_eq!(keywords["items"]["maxLength"], MAX_KEYWORD_CHARS);
         // The key's schema rejects what check_key rejects, as far as simple patterns say it.
         let not = &audio["key"]["not"]["anyOf"];
         assert!(
@@ -1067,6 +1177,7 @@ mod tests {
                 "object" => value.is_object(),
                 "string" => value.is_string(),
                 "integer" => value.is_u64() || value.is_i64(),
+                "array" => value.is_array(),
                 other => panic!("{at}: type {other} not handled"),
             };
             assert!(ok, "{at} = {value} is not of type {ty}");
@@ -1081,6 +1192,14 @@ mod tests {
             }
             if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
                 assert!(n <= max, "{at} longer than {max}");
+            }
+        }
+        if let Some(items) = value.as_array() {
+            let max = schema["maxItems"].as_u64().expect("arrays are bounded");
+            assert!(items.len() as u64 <= max, "{at} has more than {max} items");
+            assert_eq!(schema["uniqueItems"], Value::Bool(true), "{at}");
+            for (i, item) in items.iter().enumerate() {
+                check(&schema["items"], item, &format!("{at}[{i}]"));
             }
         }
         if let Some(props) = schema.get("properties").and_then(Value::as_object) {

@@ -103,6 +103,9 @@ enum Command {
         bucket: Option<String>,
         #[arg(long, default_value = "ja")]
         language: String,
+        /// A name or term the transcriber should expect (repeat for several; at most 50).
+        #[arg(long = "keyword", value_name = "TERM")]
+        keywords: Vec<String>,
     },
     /// Put dead-lettered jobs back on the queue (after fixing what failed them).
     Redrive {
@@ -163,6 +166,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             exit_when_idle,
             concurrency,
         } => {
+            // Before the runtime's threads exist (src/memory.rs: arenas held RSS up).
+            audio_worker::memory::limit_arenas();
             telemetry::init_logging();
             let mut config = Config::from_env()?;
             if exit_when_idle.is_some() {
@@ -180,18 +185,21 @@ fn run(cli: Cli) -> Result<(), Error> {
             key,
             bucket,
             language,
-        } => runtime()?.block_on(enqueue(session_id, user_id, key, bucket, language)),
+            keywords,
+        } => runtime()?.block_on(enqueue(
+            Job::new(
+                session_id,
+                user_id,
+                bucket.or_else(|| env("BUCKET_NAME")).unwrap_or_default(),
+                key,
+                language,
+                std::time::SystemTime::now(),
+            ),
+            keywords,
+        )),
         Command::Redrive { entry_ids, all } => runtime()?.block_on(redrive(entry_ids, all)),
         Command::ValidateJob { input } => {
-            let bytes = if input.as_os_str() == "-" {
-                let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
-                    .map_err(|e| Error::io("cannot read the job from stdin", e))?;
-                buf
-            } else {
-                std::fs::read(&input)
-                    .map_err(|e| Error::io(format!("cannot read {}", input.display()), e))?
-            };
+            let bytes = read_job_input(&input)?;
             let job = Job::parse(&bytes)?;
             let secret = std::env::var("JOB_SIGNING_SECRET")
                 .ok()
@@ -296,28 +304,36 @@ async fn operator_queue(name: &str) -> Result<Queue, Error> {
     Queue::connect(cfg).await
 }
 
-/// `audio-worker enqueue`: builds, signs, validates and XADDs one job.
-async fn enqueue(
-    session_id: String,
-    user_id: String,
-    key: String,
-    bucket: Option<String>,
-    language: String,
-) -> Result<(), Error> {
-    let bucket = bucket.or_else(|| env("BUCKET_NAME")).ok_or_else(|| {
-        Error::new(
+/// A job's bytes from a file or stdin (`-`), at most one byte more than a job may have: enough
+/// for `Job::parse` to refuse an oversized one, without buffering whatever is piped in.
+fn read_job_input(input: &std::path::Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let limit = audio_worker::job::MAX_JOB_BYTES as u64 + 1;
+    let mut buf = Vec::new();
+    if input.as_os_str() == "-" {
+        std::io::stdin()
+            .lock()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io("cannot read the job from stdin", e))?;
+    } else {
+        let what = || format!("cannot read {}", input.display());
+        std::fs::File::open(input)
+            .and_then(|f| f.take(limit).read_to_end(&mut buf))
+            .map_err(|e| Error::io(what(), e))?;
+    }
+    Ok(buf)
+}
+
+/// `audio-worker enqueue`: adds the vocabulary, signs, validates and XADDs one job.
+async fn enqueue(mut job: Job, keywords: Vec<String>) -> Result<(), Error> {
+    if job.audio.bucket.is_empty() {
+        return Err(Error::new(
             ErrorCode::ConfigMissing,
             "no bucket: pass --bucket or set BUCKET_NAME",
-        )
-    })?;
-    let mut job = Job::new(
-        session_id,
-        user_id,
-        bucket,
-        key,
-        language,
-        std::time::SystemTime::now(),
-    );
+        ));
+    }
+    job.keywords = keywords;
     if let Some(secret) = env("JOB_SIGNING_SECRET") {
         job::sign(&mut job, secret.as_bytes());
     }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::BoxFuture;
 use crate::analysis::metrics::{self, ConversationMetrics};
-use crate::analysis::{AnalysisInput, Analyzer, CoachingAnalysis};
+use crate::analysis::{AnalysisInput, AnalysisReport, Analyzer, CoachingAnalysis};
 use crate::audio::decode::SourceInfo;
 use crate::audio::{self, PrepareOptions};
 use crate::conversation::{Transcript, Turn};
@@ -21,7 +21,7 @@ use crate::diarize::{self, DiarizeOptions, SpeakerTimeline, TurnSpan};
 use crate::error::{Error, ErrorCode, Result};
 use crate::speakers::embed::SpeakerEncoder;
 use crate::transcribe::pieces::{self, PieceOptions};
-use crate::transcribe::{ChunkAudio, Transcriber, transcribe_all};
+use crate::transcribe::{ChunkAudio, TranscribeContext, Transcriber, transcribe_all};
 
 /// Where the recording comes from: S3 for the daemon, a local file for replay.
 pub trait AudioSource: Send + Sync {
@@ -108,12 +108,18 @@ impl Progress {
         }
     }
 
-    /// The error report: the stage message plus the code, as the user sees it.
+    /// The error report: the stage message, our message for the code and the code, as the user
+    /// sees it. Never `err.message`: that quotes upstream replies, keys and URLs (logs only).
     pub fn error(err: &Error) -> Progress {
         Progress {
             stage: Stage::Error,
             percent: 0,
-            message: format!("{}: {} ({})", Stage::Error.message(), err.message, err.code),
+            message: format!(
+                "{}: {} ({})",
+                Stage::Error.message(),
+                err.user_message(),
+                err.code
+            ),
         }
     }
 }
@@ -139,6 +145,8 @@ pub struct PipelineJob {
     pub session_id: String,
     /// ISO-639-1 language of the session ("ja").
     pub language: String,
+    /// Vocabulary for the transcriber (the job's `keywords`), possibly empty.
+    pub keywords: Vec<String>,
 }
 
 /// Tuning that is not part of the job.
@@ -223,6 +231,9 @@ pub struct JobResult {
     pub analysis_status: AnalysisStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_error: Option<StoredError>,
+    /// Requests, tokens and dropped examples of the analysis; `null` unless it succeeded.
+    #[serde(default)]
+    pub analysis_report: Option<AnalysisReport>,
     pub versions: Versions,
 }
 
@@ -315,7 +326,10 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
     let transcript = transcribe_all(
         Arc::clone(&ports.transcriber),
         pieces,
-        &job.language,
+        TranscribeContext {
+            language: job.language.clone(),
+            keywords: job.keywords.clone(),
+        },
         opts.transcribe_concurrency,
         &manifest.speech,
         |done, total| {
@@ -339,8 +353,8 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         .progress
         .report(Progress::at(Stage::Analyzing))
         .await?;
-    let (analysis, analysis_status, analysis_error) = match &ports.analyzer {
-        None => (None, AnalysisStatus::Skipped, None),
+    let (analysis, analysis_status, analysis_error, analysis_report) = match &ports.analyzer {
+        None => (None, AnalysisStatus::Skipped, None, None),
         Some(analyzer) => {
             let input = AnalysisInput {
                 turns: &diarization.turns,
@@ -349,7 +363,17 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
                 duration_s,
             };
             match analyzer.analyze(&input).await {
-                Ok(a) => (Some(a), AnalysisStatus::Ok, None),
+                Ok(a) => {
+                    tracing::info!(
+                        requests = a.report.requests,
+                        dropped_examples = a.report.dropped_examples,
+                        prompt_tokens = a.report.usage.prompt_tokens,
+                        output_tokens = a.report.usage.output_tokens,
+                        thinking_tokens = a.report.usage.thinking_tokens,
+                        "analysis done"
+                    );
+                    (Some(a.analysis), AnalysisStatus::Ok, None, Some(a.report))
+                }
                 Err(e) => (
                     None,
                     AnalysisStatus::Failed,
@@ -357,6 +381,7 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
                         code: e.code,
                         message: e.message,
                     }),
+                    None,
                 ),
             }
         }
@@ -376,6 +401,7 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         analysis,
         analysis_status,
         analysis_error,
+        analysis_report,
         versions: Versions {
             worker: env!("CARGO_PKG_VERSION").to_string(),
             libopus: manifest.producer.libopus.clone(),
@@ -430,8 +456,13 @@ mod tests {
         assert_eq!(Progress::transcribing(0, 4).percent, 40);
         assert_eq!(Progress::transcribing(2, 4).percent, 50);
         assert_eq!(Progress::transcribing(4, 4).percent, 59);
-        let e = Progress::error(&Error::new(ErrorCode::AudioNoSpeech, "無音です"));
-        assert!(e.message.starts_with("エラーが発生しました: 無音です"));
-        assert!(e.message.contains("AUDIO_NO_SPEECH"));
+        let e = Progress::error(&Error::new(
+            ErrorCode::AudioNoSpeech,
+            "no speech in s3://b/k",
+        ));
+        assert_eq!(
+            e.message,
+            "エラーが発生しました: 録音から話し声を検出できませんでした (AUDIO_NO_SPEECH)"
+        );
     }
 }

@@ -7,6 +7,11 @@
 //!   longer than the visibility timeout (XAUTOCLAIM: that worker crashed or hangs), else waits up
 //!   to `block` for a new one (XREADGROUP `>`). [`Delivery::attempt`] is Redis' delivery count:
 //!   1 on the first delivery, +1 on every reclaim.
+//! - Both claims run inside Lua scripts that hand over an entry's `job` field only when it is at
+//!   most `max_entry_bytes` (16 KiB, the job limit); a larger one stays in Redis, the worker gets
+//!   its size and first bytes and dead-letters it as `QUEUE_INVALID_JOB`, never holding it whole.
+//!   Scripts cannot block, so waiting for a new entry polls the script every `poll` (500 ms)
+//!   within `block`.
 //! - While a job runs, the worker calls [`Queue::heartbeat`] every [`QueueConfig::heartbeat_interval`]
 //!   (a third of the visibility timeout): it resets the entry's idle time (XCLAIM … JUSTID, which
 //!   does not count as a delivery), so no one steals a healthy job however long it takes.
@@ -28,9 +33,8 @@
 //!   through XAUTOCLAIM after the visibility timeout (that is the retry backoff), as attempt + 1.
 //!
 //! # Connections and failures
-//! Two [`ConnectionManager`]s, which reconnect by themselves with exponential backoff: one for
-//! the blocking XREADGROUP (its response timeout is `block` plus `command_timeout`) and one for
-//! everything else, so a heartbeat or an ack never waits behind a blocked read. Redis being away
+//! A [`ConnectionManager`], which reconnects by itself with exponential backoff (no command
+//! blocks on the server, so a heartbeat or an ack never waits behind a read). Redis being away
 //! is [`ErrorCode::Internal`] (retryable), the message saying which command failed; the caller
 //! backs off and calls again. `ack`, `heartbeat`, `dead_letter` and the two steps of `next`
 //! are retried a few times on connection errors (they are idempotent, and a lost ack costs a
@@ -49,7 +53,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamAutoClaimReply, StreamPendingCountReply, StreamReadReply};
+use redis::streams::StreamPendingCountReply;
 use redis::{RedisError, Value};
 
 use crate::error::{Error, ErrorCode, Result};
@@ -67,7 +71,7 @@ pub struct QueueConfig {
     pub dead_stream: String,
     /// Unique per process (e.g. Fly machine id + pid): the consumer name inside the group.
     pub consumer: String,
-    /// How long one XREADGROUP waits for a new entry (≥ 1 ms; zero means do not wait).
+    /// How long [`Queue::next`] waits for a new entry (zero means do not wait).
     pub block: Duration,
     /// An entry whose holder has not heartbeated for this long is given to another consumer.
     pub visibility_timeout: Duration,
@@ -77,6 +81,12 @@ pub struct QueueConfig {
     pub command_timeout: Duration,
     /// The dead stream is trimmed to about this many entries (XADD MAXLEN ~).
     pub dead_max_len: usize,
+    /// A `job` field larger than this never leaves Redis: the claim script hands over its
+    /// size and first bytes only, and the entry is dead-lettered as invalid.
+    pub max_entry_bytes: usize,
+    /// While waiting for a new entry (up to `block`), the claim script runs this often: it
+    /// cannot block inside Redis, and a blocking XREADGROUP would hand over any entry whole.
+    pub poll: Duration,
 }
 
 impl QueueConfig {
@@ -95,6 +105,8 @@ impl QueueConfig {
             max_attempts: 3,
             command_timeout: Duration::from_secs(5),
             dead_max_len: 100_000,
+            max_entry_bytes: crate::job::MAX_JOB_BYTES,
+            poll: Duration::from_millis(500),
         }
     }
 
@@ -118,6 +130,8 @@ impl std::fmt::Debug for QueueConfig {
             .field("max_attempts", &self.max_attempts)
             .field("command_timeout", &self.command_timeout)
             .field("dead_max_len", &self.dead_max_len)
+            .field("max_entry_bytes", &self.max_entry_bytes)
+            .field("poll", &self.poll)
             .finish()
     }
 }
@@ -128,8 +142,11 @@ pub struct Delivery {
     /// The stream entry id (`1732350000000-0`), for heartbeat, ack and dead_letter.
     pub entry_id: String,
     /// The `job` field's bytes (empty when the entry has no such field: it then fails to parse
-    /// as a job and is dead-lettered like any invalid job).
+    /// as a job and is dead-lettered like any invalid job); only the first
+    /// [`OVERSIZED_PREFIX`] bytes when the field is larger than `max_entry_bytes`.
     pub payload: Vec<u8>,
+    /// The `job` field's size in Redis, in bytes: larger than `payload` for an oversized one.
+    pub size: u64,
     /// Redis' delivery count: 1 on the first delivery, +1 for every reclaim.
     pub attempt: u32,
 }
@@ -140,9 +157,20 @@ impl std::fmt::Debug for Delivery {
             .field("entry_id", &self.entry_id)
             .field("payload", &String::from_utf8_lossy(&self.payload))
             .field("attempt", &self.attempt)
+            .field("size", &self.size)
             .finish()
     }
 }
+
+impl Delivery {
+    /// Whether the entry's `job` field was too large to be handed over whole.
+    pub fn oversized(&self) -> bool {
+        self.size > self.payload.len() as u64
+    }
+}
+
+/// Bytes of an oversized `job` field handed over, for the dead letter (a hint for the operator).
+pub const OVERSIZED_PREFIX: usize = 1024;
 
 /// Queue sizes, for metrics and autoscaling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,7 +199,6 @@ pub struct QueueActivity {
 pub struct Queue {
     cfg: QueueConfig,
     conn: ConnectionManager,
-    blocking: ConnectionManager,
     /// Where the next XAUTOCLAIM scan of the pending list resumes.
     cursor: Mutex<String>,
 }
@@ -184,6 +211,43 @@ if #p == 0 then return 0 end
 if p[1][2] ~= ARGV[2] then return -1 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
+"#;
+
+/// Claims the next new entry (XREADGROUP `>`, COUNT 1, no BLOCK: scripts cannot block) and
+/// hands over its `job` field only when it is at most ARGV[3] bytes, else its first ARGV[4]
+/// bytes, so an oversized entry is never buffered whole by the worker. Returns
+/// `{id, job, size}`, or `{'', '', 0}` when nothing is waiting.
+const CLAIM_NEW_LUA: &str = r#"
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+if not r or not r[1] or not r[1][2][1] then return {'', '', 0} end
+local e = r[1][2][1]
+local job = ''
+if e[2] then
+  for i = 1, #e[2], 2 do
+    if e[2][i] == 'job' then job = e[2][i + 1] end
+  end
+end
+local size = #job
+if size > tonumber(ARGV[3]) then job = string.sub(job, 1, tonumber(ARGV[4])) end
+return {e[1], job, size}
+"#;
+
+/// XAUTOCLAIM of one entry idle longer than ARGV[3] ms from cursor ARGV[4] (which counts the
+/// delivery, unlike JUSTID), with the same size rule as [`CLAIM_NEW_LUA`] (ARGV[5], ARGV[6]).
+/// Returns `{next_cursor, id, job, size}`; `id` is '' when nothing was claimed.
+const RECLAIM_LUA: &str = r#"
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', 1)
+local e = r[2][1]
+if not e then return {r[1], '', '', 0} end
+local job = ''
+if e[2] then
+  for i = 1, #e[2], 2 do
+    if e[2][i] == 'job' then job = e[2][i + 1] end
+  end
+end
+local size = #job
+if size > tonumber(ARGV[5]) then job = string.sub(job, 1, tonumber(ARGV[6])) end
+return {r[1], e[1], job, size}
 "#;
 
 /// Puts a job we hold back at the end of the stream as a fresh entry and finishes the old one,
@@ -314,11 +378,9 @@ impl Queue {
             }
         };
         let conn = connect(cfg.command_timeout).await?;
-        let blocking = connect(cfg.block + cfg.command_timeout).await?;
         let queue = Queue {
             cfg,
             conn,
-            blocking,
             cursor: Mutex::new("0-0".into()),
         };
         queue.ensure_group().await?;
@@ -385,7 +447,8 @@ impl Queue {
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
-                Err((_, e)) if e.code() == Some("NOGROUP") && !recreated => {
+                // From a script the error may come wrapped; its text still names NOGROUP.
+                Err((_, e)) if is_nogroup(&e) && !recreated => {
                     recreated = true;
                     self.ensure_group().await?;
                 }
@@ -405,34 +468,36 @@ impl Queue {
         // of any size a fleet of workers can produce, resuming where the last scan stopped.
         for _ in 0..16 {
             let start = self.cursor.lock().unwrap().clone();
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            let (next, id, payload, size): (String, String, Vec<u8>, u64) = redis::cmd("EVAL")
+                .arg(RECLAIM_LUA)
+                .arg(1)
                 .arg(&self.cfg.stream)
                 .arg(&self.cfg.group)
                 .arg(&self.cfg.consumer)
                 .arg(min_idle)
                 .arg(&start)
-                .arg("COUNT")
-                .arg(1)
+                .arg(self.cfg.max_entry_bytes)
+                .arg(OVERSIZED_PREFIX)
                 .query_async(&mut c)
                 .await
                 .map_err(|e| ("XAUTOCLAIM", e))?;
-            *self.cursor.lock().unwrap() = reply.next_stream_id.clone();
-            if let Some(entry) = reply.claimed.into_iter().next() {
+            *self.cursor.lock().unwrap() = next.clone();
+            if !id.is_empty() {
                 let attempt = self
-                    .delivery_count(&entry.id)
+                    .delivery_count(&id)
                     .await
                     .map_err(|e| ("XPENDING", e))?;
                 let Some(attempt) = attempt else {
                     continue; // acknowledged between the two commands
                 };
-                let payload = entry.get::<Vec<u8>>("job").unwrap_or_default();
                 return Ok(Some(Delivery {
-                    entry_id: entry.id,
+                    entry_id: id,
                     payload,
+                    size,
                     attempt,
                 }));
             }
-            if reply.next_stream_id == "0-0" {
+            if next == "0-0" {
                 break; // the whole pending list was scanned
             }
         }
@@ -456,31 +521,40 @@ impl Queue {
             .map(|p| u32::try_from(p.times_delivered).unwrap_or(u32::MAX)))
     }
 
+    /// A new entry, waiting up to `block` for one: the claim script every `poll` (it cannot
+    /// block inside Redis; a blocking XREADGROUP would hand over an oversized entry whole).
     async fn read_new(&self) -> std::result::Result<Option<Delivery>, (&'static str, RedisError)> {
-        let mut c = self.blocking.clone();
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
+        let deadline = tokio::time::Instant::now() + self.cfg.block;
+        loop {
+            if let Some(d) = self.claim_new().await? {
+                return Ok(Some(d));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(self.cfg.poll.min(deadline - now)).await;
+        }
+    }
+
+    /// One run of [`CLAIM_NEW_LUA`].
+    async fn claim_new(&self) -> std::result::Result<Option<Delivery>, (&'static str, RedisError)> {
+        let mut c = self.conn.clone();
+        let (id, payload, size): (String, Vec<u8>, u64) = redis::cmd("EVAL")
+            .arg(CLAIM_NEW_LUA)
+            .arg(1)
+            .arg(&self.cfg.stream)
             .arg(&self.cfg.group)
             .arg(&self.cfg.consumer)
-            .arg("COUNT")
-            .arg(1);
-        if !self.cfg.block.is_zero() {
-            cmd.arg("BLOCK")
-                .arg((self.cfg.block.as_millis() as u64).max(1));
-        }
-        cmd.arg("STREAMS").arg(&self.cfg.stream).arg(">");
-        let reply: Option<StreamReadReply> = cmd
+            .arg(self.cfg.max_entry_bytes)
+            .arg(OVERSIZED_PREFIX)
             .query_async(&mut c)
             .await
             .map_err(|e| ("XREADGROUP", e))?;
-        let entry = reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .next();
-        Ok(entry.map(|entry| Delivery {
-            payload: entry.get::<Vec<u8>>("job").unwrap_or_default(),
-            entry_id: entry.id,
+        Ok((!id.is_empty()).then_some(Delivery {
+            entry_id: id,
+            payload,
+            size,
             attempt: 1,
         }))
     }
@@ -728,6 +802,10 @@ impl Queue {
     }
 }
 
+fn is_nogroup(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
 fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
@@ -754,15 +832,8 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The URL with any user and password replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
+/// One redaction for every URL variable: [`crate::error::redact_url`].
+pub use crate::error::redact_url;
 
 #[cfg(test)]
 mod tests {

@@ -155,6 +155,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
     let job = PipelineJob {
         session_id: args.session_id.clone(),
         language: args.language.clone(),
+        keywords: Vec::new(),
     };
     let result = pipeline::run(&job, &ports, &PipelineOptions::default()).await;
     progress.finish();

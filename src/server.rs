@@ -4,6 +4,12 @@
 //! worker busy on a job is healthy). `/ready` probes each dependency with a short timeout and
 //! answers JSON with `healthy`, `degraded` (answered, but slowly) or `unhealthy` per check and
 //! its latency, status 503 when any check is unhealthy.
+//!
+//! The public port is reachable by anyone, so every connection is bounded ([`ServeLimits`]):
+//! request headers must arrive within a few seconds (a client trickling a byte every 5 s is
+//! closed; without a timer hyper enforces none), a connection lives at most half a minute, and
+//! beyond a connection cap new connections are closed at once instead of queueing behind slow
+//! ones. `/metrics` is served only on its own port, never here.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +21,7 @@ use tokio::time::Instant;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
@@ -110,9 +116,33 @@ pub trait Routes: Send + Sync + 'static {
     fn handle(&self, path: &str) -> BoxFuture<'_, Response<Full<Bytes>>>;
 }
 
-/// `/health` and `/ready`.
+/// `/health` and `/ready`. The probes are set once the worker has connected (Redis may be
+/// down at start): until then `/health` answers and `/ready` says not ready.
+#[derive(Default)]
 pub struct HealthRoutes {
-    pub probes: Vec<Arc<dyn Probe>>,
+    pub probes: std::sync::OnceLock<Vec<Arc<dyn Probe>>>,
+}
+
+impl HealthRoutes {
+    /// Routes that are ready to probe `probes` at once.
+    pub fn with_probes(probes: Vec<Arc<dyn Probe>>) -> HealthRoutes {
+        let routes = HealthRoutes::default();
+        let _ = routes.probes.set(probes);
+        routes
+    }
+}
+
+/// `/ready` before the worker has reached Redis.
+fn starting() -> Readiness {
+    Readiness {
+        status: Health::Unhealthy,
+        checks: vec![CheckReport {
+            name: "redis",
+            status: Health::Unhealthy,
+            latency_ms: 0,
+            error: Some("starting: Redis is not reachable yet".into()),
+        }],
+    }
 }
 
 impl Routes for HealthRoutes {
@@ -122,7 +152,10 @@ impl Routes for HealthRoutes {
             match path.as_str() {
                 "/health" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
                 "/ready" => {
-                    let readiness = check_all(&self.probes).await;
+                    let readiness = match self.probes.get() {
+                        Some(probes) => check_all(probes).await,
+                        None => starting(),
+                    };
                     let status = if readiness.status == Health::Unhealthy {
                         StatusCode::SERVICE_UNAVAILABLE
                     } else {
@@ -173,10 +206,32 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     r
 }
 
-/// Binds `addr` now (so a taken port fails at start) and serves `routes` until `shutdown`.
+/// What one server lets a connection take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// The whole request head must arrive within this (hyper's header read timeout).
+    pub header_read_timeout: Duration,
+    /// A connection, keep-alive included, is shut down (gracefully) after this.
+    pub connection_lifetime: Duration,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+}
+
+impl ServeLimits {
+    /// The public port's limits: probes and health checks are one small request each.
+    pub const PUBLIC: ServeLimits = ServeLimits {
+        header_read_timeout: Duration::from_secs(5),
+        connection_lifetime: Duration::from_secs(30),
+        max_connections: 64,
+    };
+}
+
+/// Binds `addr` now (so a taken port fails at start) and serves `routes` until `shutdown`,
+/// within `limits`.
 pub async fn serve(
     addr: SocketAddr,
     routes: Arc<dyn Routes>,
+    limits: ServeLimits,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
@@ -185,6 +240,7 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| Error::io("listener address", e))?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let task = tokio::spawn(async move {
         let mut shutdown = shutdown;
         loop {
@@ -193,19 +249,44 @@ pub async fn serve(
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
             let Ok((stream, _)) = accepted else { continue };
+            // Over the cap: close at once (dropping the stream) rather than queue.
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                continue;
+            };
             let routes = Arc::clone(&routes);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let routes = Arc::clone(&routes);
-                    async move { Ok::<_, Infallible>(routes.handle(req.uri().path()).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                serve_connection(stream, routes, limits).await;
+                drop(slot);
             });
         }
     });
     Ok((local, task))
+}
+
+/// One connection: HTTP/1 with the header read timeout, shut down after its lifetime.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    routes: Arc<dyn Routes>,
+    limits: ServeLimits,
+) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let routes = Arc::clone(&routes);
+        async move { Ok::<_, Infallible>(routes.handle(req.uri().path()).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = tokio::time::sleep(limits.connection_lifetime) => {
+            // Finish a response in flight, then close; a silent client is closed now.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
+    }
 }
 
 /// `audio-worker health`: GETs `url` and succeeds on a 2xx (the Docker HEALTHCHECK, so the image
@@ -253,6 +334,105 @@ mod tests {
                 }
             })
         }
+    }
+
+    /// A raw HTTP/1 GET of `/health`; the status line's code.
+    async fn health(addr: SocketAddr) -> Option<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).await.ok()?;
+        reply.split(' ').nth(1)?.parse().ok()
+    }
+
+    /// Issue 15, item 12: five clients trickling a header byte every 5 s are closed by the
+    /// header read timeout, `/health` answers all the while, and `/metrics` is not served here.
+    #[tokio::test]
+    async fn slow_header_clients_are_closed_and_health_still_answers() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let routes = Arc::new(HealthRoutes::with_probes(vec![]));
+        let (addr, _task) = serve(
+            ([127, 0, 0, 1], 0).into(),
+            routes,
+            ServeLimits::PUBLIC,
+            stop,
+        )
+        .await
+        .unwrap();
+        let started = std::time::Instant::now();
+        let tricklers: Vec<_> = (0..5)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    for b in b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: "
+                        .iter()
+                        .cycle()
+                    {
+                        if s.write_all(&[*b]).await.is_err() {
+                            break;
+                        }
+                        let mut buf = [0u8; 64];
+                        // Closed by the server: a read of 0 bytes (or a reset) within 5 s.
+                        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                            Ok(Ok(0)) | Ok(Err(_)) => break,
+                            Ok(Ok(_)) => break, // an error reply (408) then close
+                            Err(_) => {}
+                        }
+                    }
+                    started.elapsed()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(health(addr).await, Some(200), "health answers beside them");
+        for t in tricklers {
+            let lived = t.await.unwrap();
+            assert!(
+                lived < Duration::from_secs(12),
+                "a trickler lived {lived:?}"
+            );
+        }
+        assert_eq!(health(addr).await, Some(200));
+        let r = HealthRoutes::default().handle("/metrics").await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    /// Beyond the cap a connection is closed at once; the slots come back when others close.
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once() {
+        use tokio::io::AsyncReadExt;
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let limits = ServeLimits {
+            max_connections: 2,
+            header_read_timeout: Duration::from_secs(2),
+            ..ServeLimits::PUBLIC
+        };
+        let routes = Arc::new(HealthRoutes::default());
+        let (addr, _task) = serve(([127, 0, 0, 1], 0).into(), routes, limits, stop)
+            .await
+            .unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(1), extra.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+        // The idle ones time out after 2 s; then there is room again.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(health(addr).await, Some(200));
+        let r = HealthRoutes::default().handle("/ready").await;
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready before Redis"
+        );
     }
 
     #[tokio::test(start_paused = true)]

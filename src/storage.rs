@@ -82,11 +82,13 @@ pub async fn client_from_env() -> Client {
     let path_style = std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
     let config = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(path_style)
+        .retry_config(crate::retry::RetryPolicy::default().sdk_config())
         .build();
     Client::from_conf(config)
 }
 
 /// Checks the bucket exists and the credentials may read it (HeadBucket), for `/ready`.
+/// (The SDK's retry loop, configured in [`client_from_env`], is [`crate::retry`]'s policy.)
 pub async fn probe_bucket(client: &Client, bucket: &str) -> Result<()> {
     client
         .head_bucket()
@@ -201,6 +203,14 @@ fn get_error(err: SdkError<GetObjectError>, obj: &S3Object) -> Error {
         SdkError::ServiceError(service) if service.raw().status().as_u16() == 404 => Error::new(
             ErrorCode::StorageNotFound,
             format!("{obj:?} does not exist"),
+        ),
+        // Wrong credentials or a policy that denies us: no retry heals that (issue 15, item 8).
+        SdkError::ServiceError(service) if service.raw().status().as_u16() == 403 => Error::new(
+            ErrorCode::StorageAccessDenied,
+            format!(
+                "storage refused access to {obj:?}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&err)
+            ),
         ),
         _ => Error::new(
             ErrorCode::StorageDownloadFailed,

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use crate::BoxFuture;
 use crate::error::{Error, ErrorCode, Result};
 use crate::pipeline::{AnalysisStatus, JobResult, Progress, ProgressSink, Stage};
-use crate::transcribe::retry::{RetryPolicy, parse_retry_after};
+use crate::retry::{Attempt, RetryPolicy, Transient, retry_after_from, transient_status};
 
 /// The job progress table.
 pub const JOBS_TABLE: &str = "audio_processing_jobs";
@@ -69,7 +69,7 @@ impl SupabaseConfig {
 impl fmt::Debug for SupabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SupabaseConfig")
-            .field("url", &self.url)
+            .field("url", &crate::error::redact_url(&self.url))
             .field("service_key", &"<redacted>")
             .finish()
     }
@@ -141,7 +141,8 @@ pub fn progress_body(
 }
 
 /// The `audio_analysis_results` row of a result: the result JSON itself, key for key, plus the
-/// owner. The absent `analysis_error` is sent as null so an upsert clears an earlier one.
+/// owner. The absent `analysis_error` is sent as null so an upsert clears an earlier one; a
+/// present one carries our message for its code, never the upstream text.
 pub fn result_row(result: &JobResult, user_id: &str) -> Result<Value> {
     let mut row = serde_json::to_value(result).map_err(|e| {
         Error::new(
@@ -153,6 +154,13 @@ pub fn result_row(result: &JobResult, user_id: &str) -> Result<Value> {
         .as_object_mut()
         .ok_or_else(|| Error::new(ErrorCode::Internal, "the result is not a JSON object"))?;
     obj.insert("user_id".into(), json!(user_id));
+    // The user reads this row: the analysis error's message is ours (the details are logged).
+    if let Some(e) = &result.analysis_error {
+        obj.insert(
+            "analysis_error".into(),
+            json!({"code": e.code, "message": e.code.user_message()}),
+        );
+    }
     obj.entry("analysis_error").or_insert(Value::Null);
     Ok(row)
 }
@@ -177,7 +185,7 @@ pub struct SupabaseClient {
 impl fmt::Debug for SupabaseClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SupabaseClient")
-            .field("rest_url", &self.rest_url)
+            .field("rest_url", &crate::error::redact_url(&self.rest_url))
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -392,67 +400,89 @@ impl SupabaseClient {
             .map(drop)
     }
 
-    /// Sends one request with retries; returns the reply's body on success. `prefer` replaces
-    /// postgrest's own `Prefer` (it always asks for `return=representation`); "" keeps none.
+    /// Sends one request with retries (the shared [`RetryPolicy`]); returns the reply's body on
+    /// success. `prefer` replaces postgrest's own `Prefer` (it always asks for
+    /// `return=representation`); "" keeps none.
     async fn send(&self, what: &str, build: impl Fn() -> Builder, prefer: &str) -> Result<String> {
-        let attempts = self.retry.max_attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (client, request) = build().build().timeout(self.timeout).build_split();
-            let mut request = request.map_err(|e| {
-                Error::new(
+        let build = &build;
+        self.retry
+            .run(
+                "supabase",
+                || async move { self.attempt(what, build, prefer).await },
+                |_, _| {},
+                |attempts, last| {
+                    Error::new(
+                        ErrorCode::SupabaseWriteFailed,
+                        format!(
+                            "Supabase failed {what} after {attempts} attempts: {}",
+                            last.reason
+                        ),
+                    )
+                },
+            )
+            .await
+    }
+
+    /// One request: its body on a 2xx, permanent on a 4xx that will not heal, else transient.
+    async fn attempt(
+        &self,
+        what: &str,
+        build: &impl Fn() -> Builder,
+        prefer: &str,
+    ) -> Attempt<String> {
+        let (client, request) = build().build().timeout(self.timeout).build_split();
+        let mut request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Fail(Error::new(
                     ErrorCode::Internal,
                     format!("cannot build the request for {what}: {e}"),
-                )
-            })?;
-            let headers = request.headers_mut();
-            headers.remove("prefer");
-            if !prefer.is_empty() {
-                let value = prefer.parse().map_err(|_| {
-                    Error::new(ErrorCode::Internal, format!("bad Prefer header {prefer:?}"))
-                })?;
-                headers.insert("prefer", value);
-            }
-            for name in ["apikey", "authorization"] {
-                if let Some(v) = headers.get_mut(name) {
-                    v.set_sensitive(true);
-                }
-            }
-
-            let (failure, retry_after) = match client.execute(request).await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let retry_after = response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(parse_retry_after);
-                    match response.text().await {
-                        Ok(body) if (200..300).contains(&status) => return Ok(body),
-                        Ok(body) => {
-                            let message = describe_failure(status, &body);
-                            if !retryable_status(status) {
-                                return Err(Error::new(
-                                    ErrorCode::SupabaseWriteFailed,
-                                    format!("Supabase refused {what}: {message}"),
-                                ));
-                            }
-                            (message, retry_after)
-                        }
-                        Err(e) => (format!("HTTP {status}, reply lost: {e}"), retry_after),
-                    }
-                }
-                Err(e) => (transport_failure(&e), None),
-            };
-            if attempt >= attempts {
-                return Err(Error::new(
-                    ErrorCode::SupabaseWriteFailed,
-                    format!("Supabase failed {what} after {attempt} attempts: {failure}"),
                 ));
             }
-            crate::telemetry::count_retry("supabase");
-            tokio::time::sleep(self.retry.backoff(attempt, retry_after)).await;
+        };
+        let headers = request.headers_mut();
+        headers.remove("prefer");
+        if !prefer.is_empty() {
+            let Ok(value) = prefer.parse() else {
+                return Attempt::Fail(Error::new(
+                    ErrorCode::Internal,
+                    format!("bad Prefer header {prefer:?}"),
+                ));
+            };
+            headers.insert("prefer", value);
+        }
+        for name in ["apikey", "authorization"] {
+            if let Some(v) = headers.get_mut(name) {
+                v.set_sensitive(true);
+            }
+        }
+        let response = match client.execute(request).await {
+            Ok(r) => r,
+            Err(e) => return Attempt::Retry(Transient::new(transport_failure(&e))),
+        };
+        let status = response.status().as_u16();
+        let retry_after = retry_after_from(|name| {
+            let value = response.headers().get(name)?;
+            value.to_str().ok().map(String::from)
+        });
+        let transient = |reason: String| {
+            Attempt::Retry(Transient {
+                reason,
+                retry_after,
+                rate_limited: status == 429,
+            })
+        };
+        match response.text().await {
+            Ok(body) if (200..300).contains(&status) => Attempt::Done(body),
+            Ok(body) if transient_status(status) => transient(describe_failure(status, &body)),
+            Ok(body) => Attempt::Fail(Error::new(
+                ErrorCode::SupabaseWriteFailed,
+                format!(
+                    "Supabase refused {what}: {}",
+                    describe_failure(status, &body)
+                ),
+            )),
+            Err(e) => transient(format!("HTTP {status}, reply lost: {e}")),
         }
     }
 }
@@ -467,11 +497,6 @@ pub fn auth_headers(key: &str) -> Vec<(&'static str, String)> {
         headers.push(("Authorization", format!("Bearer {key}")));
     }
     headers
-}
-
-/// Worth another try: the server is overloaded, restarting, or the request timed out there.
-fn retryable_status(status: u16) -> bool {
-    status >= 500 || status == 408 || status == 429
 }
 
 /// A transport failure (connection refused or reset, timeout) with its chain of causes. The URL in
@@ -679,6 +704,6 @@ mod tests {
             "HTTP 502: <html>bad gateway</html>"
         );
         assert_eq!(describe_failure(503, ""), "HTTP 503");
-        assert!(retryable_status(503) && retryable_status(429) && !retryable_status(400));
+        assert!(transient_status(503) && transient_status(429) && !transient_status(400));
     }
 }

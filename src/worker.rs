@@ -178,6 +178,8 @@ pub async fn run(
                 jobs.spawn(async move {
                     let _permit = permit;
                     let outcome = process(&services, delivery, cancel).await;
+                    // The job's buffers are gone: give their pages back (src/memory.rs).
+                    crate::memory::trim();
                     *last_done.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                     outcome
                 });
@@ -317,7 +319,20 @@ pub async fn process(
     delivery: Delivery,
     cancel: watch::Receiver<bool>,
 ) -> Outcome {
-    let job = match Job::parse(&delivery.payload) {
+    let parsed = if delivery.oversized() {
+        // Never read whole (queue.rs): too large to be a job, and not worth buffering.
+        Err(Error::new(
+            ErrorCode::QueueInvalidJob,
+            format!(
+                "job: the entry's {} bytes are larger than the {}-byte limit (not read)",
+                delivery.size,
+                crate::job::MAX_JOB_BYTES
+            ),
+        ))
+    } else {
+        Job::parse(&delivery.payload)
+    };
+    let job = match parsed {
         Ok(job) => job,
         Err(err) => {
             let span = info_span!("job", entry_id = %delivery.entry_id, attempt = delivery.attempt);
@@ -328,6 +343,7 @@ pub async fn process(
                 // name anyone's row; it is only dead-lettered.
                 let session = match services.signing_secret {
                     Some(_) => None,
+                    None if delivery.oversized() => None,
                     None => session_hint(&delivery.payload),
                 };
                 let claim = Claim::new(Arc::clone(&services.queue), delivery.entry_id.clone());
@@ -574,6 +590,10 @@ async fn finish(
     result: &JobResult,
     progress: &StageTimer,
 ) -> Outcome {
+    if let (AnalysisStatus::Failed, Some(e)) = (result.analysis_status, &result.analysis_error) {
+        // The row gets our message for the code; the details are here, redacted.
+        warn!(code = %e.code, error = %e.message, "the analysis failed");
+    }
     if let (AnalysisStatus::Failed, Some(e)) = (result.analysis_status, &result.analysis_error)
         && e.code.is_retryable()
         && !services.queue.last_attempt(delivery)

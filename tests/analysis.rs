@@ -91,7 +91,7 @@ async fn run(config: GeminiConfig) -> audio_worker::Result<CoachingAnalysis> {
     };
     let analyzer = GeminiAnalyzer::new(config).unwrap();
     assert_eq!(analyzer.name(), MODEL);
-    analyzer.analyze(&input).await
+    analyzer.analyze(&input).await.map(|a| a.analysis)
 }
 
 async fn bodies(server: &MockServer) -> Vec<Value> {
@@ -406,4 +406,61 @@ fn no_key_means_no_analyzer() {
     let c = GeminiConfig::from_env().expect("a key is set");
     assert!(!format!("{c:?}").contains("\"k\""));
     unsafe { std::env::remove_var("GOOGLE_API_KEY") };
+}
+
+/// Gemini's reply envelope with a given `usageMetadata`.
+fn reply_with_usage(text: &str, prompt: u64, output: u64, thoughts: u64) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": prompt, "candidatesTokenCount": output,
+                          "thoughtsTokenCount": thoughts, "totalTokenCount": prompt + output + thoughts},
+        "modelVersion": MODEL
+    }))
+}
+
+/// Issue 15, item 13: after the corrective request, an example whose quote is still invented
+/// is dropped and counted (the skill keeps its verified one) instead of failing the analysis;
+/// the tokens of both requests are recorded.
+#[tokio::test]
+async fn an_unverified_quote_after_the_correction_drops_only_that_example() {
+    let server = MockServer::start().await;
+    let mut bad = valid_analysis();
+    bad["skills"]["listening"]["examples"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"quote": "存在しない発言"}));
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(reply_with_usage(&bad.to_string(), 1000, 300, 120))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let turns = turns();
+    let m = metrics::compute(&turns, 760.0);
+    let input = AnalysisInput {
+        turns: &turns,
+        metrics: &m,
+        language: "ja",
+        duration_s: 760.0,
+    };
+    let analyzed = GeminiAnalyzer::new(config(&server))
+        .unwrap()
+        .analyze(&input)
+        .await
+        .unwrap();
+    let expected: CoachingAnalysis = serde_json::from_value(valid_analysis()).unwrap();
+    assert_eq!(
+        analyzed.analysis, expected,
+        "only the invented example is gone"
+    );
+    let report = analyzed.report;
+    assert_eq!((report.requests, report.dropped_examples), (2, 1));
+    assert_eq!(
+        (
+            report.usage.prompt_tokens,
+            report.usage.output_tokens,
+            report.usage.thinking_tokens
+        ),
+        (2000, 600, 240)
+    );
 }

@@ -376,3 +376,42 @@ async fn a_redis_that_lost_everything_gets_its_group_back() {
     let id = q.enqueue(&job_json("new")).await.unwrap();
     assert_eq!(next_some(&q).await.entry_id, id);
 }
+
+/// Issue 15, item 12: an entry whose `job` field is larger than a job may be never leaves Redis
+/// whole: the claim hands over its size and first bytes, and it can be dead-lettered like any
+/// invalid job (new and reclaimed alike).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_entry_is_handed_over_by_size_only_and_dead_lettered() {
+    let redis = RedisServer::start();
+    let q = queue(&redis, "worker-a").await;
+    let huge = vec![b'{'; 8 << 20];
+    q.enqueue(&huge).await.unwrap();
+    let d = next_some(&q).await;
+    assert!(d.oversized());
+    assert_eq!(d.size, 8 << 20);
+    assert_eq!(d.payload.len(), audio_worker::queue::OVERSIZED_PREFIX);
+
+    // Reclaimed by another consumer: the same rule.
+    outlast_visibility().await;
+    let other = queue(&redis, "worker-b").await;
+    let again = next_some(&other).await;
+    assert_eq!(
+        (again.entry_id.as_str(), again.attempt),
+        (d.entry_id.as_str(), 2)
+    );
+    assert!(again.oversized());
+    assert!(
+        other
+            .dead_letter(&again, "QUEUE_INVALID_JOB", "too large")
+            .await
+            .unwrap()
+    );
+    assert_eq!(other.depth().await.unwrap(), depth(0, 0, 1));
+
+    // A job of normal size is handed over whole.
+    let json = job_json("session-ok");
+    q.enqueue(&json).await.unwrap();
+    let d = next_some(&q).await;
+    assert!(!d.oversized());
+    assert_eq!(d.payload, json);
+}

@@ -62,6 +62,7 @@ fn job() -> PipelineJob {
     PipelineJob {
         session_id: "session-1".into(),
         language: "en".into(),
+        keywords: Vec::new(),
     }
 }
 

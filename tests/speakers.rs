@@ -92,6 +92,7 @@ async fn run_case(case: &Case, segments: bool, encoder: Option<Arc<dyn SpeakerEn
     let job = PipelineJob {
         session_id: case.name.clone(),
         language: truth.language.clone(),
+        keywords: Vec::new(),
     };
     let opts = PipelineOptions {
         speaker_encoder: encoder,

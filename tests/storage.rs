@@ -93,8 +93,9 @@ async fn missing_forbidden_and_oversized_objects_fail_with_their_codes() {
     );
 }
 
+/// Issue 15, item 8: S3's 403 is permanent, with its own code (a retry cannot fix credentials).
 #[tokio::test]
-async fn wrong_credentials_are_a_download_failure_not_a_missing_file() {
+async fn wrong_credentials_are_a_permanent_access_denial_not_a_missing_file() {
     let server = S3Server::start(&["audio"]).await;
     server.put("audio", "recordings/u1/a.webm", b"x");
     let mut obj = object(&server, "audio", "recordings/u1/a.webm", 1 << 20);
@@ -108,5 +109,6 @@ async fn wrong_credentials_are_a_download_failure_not_a_missing_file() {
     );
     let dir = tempfile::tempdir().unwrap();
     let err = obj.fetch(dir.path()).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::StorageDownloadFailed, "{err}");
+    assert_eq!(err.code, ErrorCode::StorageAccessDenied, "{err}");
+    assert!(!err.code.is_retryable());
 }

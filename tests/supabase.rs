@@ -14,17 +14,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use audio_worker::ErrorCode;
-use audio_worker::analysis::{CoachingAnalysis, metrics};
+use audio_worker::analysis::{AnalysisReport, CoachingAnalysis, TokenUsage, metrics};
 use audio_worker::audio::decode::SourceInfo;
 use audio_worker::conversation::{Segment, Speaker, Transcript, Turn};
 use audio_worker::error::Error;
 use audio_worker::pipeline::{
     AnalysisStatus, JobResult, Progress, ProgressSink, Stage, StoredError, Versions,
 };
+use audio_worker::retry::RetryPolicy;
 use audio_worker::supabase::{
     JobState, JobStatus, NewJob, SupabaseClient, SupabaseConfig, SupabaseProgress,
 };
-use audio_worker::transcribe::retry::RetryPolicy;
 use common::postgrest::{
     Received, execute_like_postgrest, migrated, migrations, query, received, repo,
 };
@@ -262,6 +262,15 @@ fn result(session_id: &str, status: AnalysisStatus) -> JobResult {
             code: ErrorCode::GeminiInvalidResponse,
             message: "引用が文字起こしに見つかりません".into(),
         }),
+        analysis_report: (status == AnalysisStatus::Ok).then_some(AnalysisReport {
+            requests: 2,
+            dropped_examples: 1,
+            usage: TokenUsage {
+                prompt_tokens: 2000,
+                output_tokens: 600,
+                thinking_tokens: 150,
+            },
+        }),
         versions: Versions {
             worker: "0.1.0".into(),
             libopus: "libopus 1.6.1".into(),
@@ -433,9 +442,10 @@ async fn a_whole_job_speaks_postgrest() {
         assert_eq!(body["stage"], "error");
         assert_eq!(body["error_code"], "STORAGE_NOT_FOUND");
         let message = body["message"].as_str().unwrap();
-        assert!(
-            message.starts_with("エラーが発生しました: 録音ファイルが見つかりません"),
-            "{message}"
+        // Our message for the code, not the error's own text (issue 15, item 9).
+        assert_eq!(
+            message,
+            "エラーが発生しました: 音声ファイルが見つかりませんでした (STORAGE_NOT_FOUND)"
         );
     }
     assert_eq!(

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use audio_worker::ErrorCode;
+use audio_worker::retry::RetryPolicy;
 use audio_worker::transcribe::openai::{OpenAiConfig, OpenAiTranscriber, ResponseMode};
-use audio_worker::transcribe::retry::RetryPolicy;
-use audio_worker::transcribe::{ChunkAudio, transcribe_all};
+use audio_worker::transcribe::{ChunkAudio, TranscribeContext, transcribe_all};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -526,4 +526,142 @@ async fn no_quota_fails_at_once_and_a_request_timeout_is_retried() {
         started.elapsed() >= Duration::from_millis(300),
         "retry-after-ms was not honoured"
     );
+}
+
+/// Every value of the multipart form field `name`, in order.
+fn form_fields(body: &str, name: &str) -> Vec<String> {
+    let marker = format!("name=\"{name}\"\r\n\r\n");
+    body.match_indices(&marker)
+        .filter_map(|(at, _)| {
+            let start = at + marker.len();
+            let end = body[start..].find("\r\n")? + start;
+            Some(body[start..end].to_string())
+        })
+        .collect()
+}
+
+/// Issue 12, keywords: a text-only model gets the job's vocabulary as repeated `keywords[]`
+/// fields beside the fields async-openai sends; failures are classified as on the other path.
+#[tokio::test]
+async fn keywords_reach_text_only_models_as_repeated_multipart_fields() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .and(header("authorization", "Bearer sk-fake-key"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after-ms", "20"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .and(header("authorization", "Bearer sk-fake-key"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"text": "山田さん、こんにちは。"})),
+        )
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let t = Arc::new(OpenAiTranscriber::new(config(&server, ResponseMode::Text)).unwrap());
+    let context = TranscribeContext {
+        language: "ja".into(),
+        keywords: vec!["山田太郎".into(), "Acme株式会社".into()],
+    };
+    let transcript = transcribe_all(
+        t,
+        chunks(dir.path(), &[(0.0, 5.0), (5.0, 10.0)]),
+        context,
+        1,
+        &[[0.0, 10.0]],
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(
+        transcript
+            .segments
+            .iter()
+            .any(|s| s.text.contains("山田さん"))
+    );
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3, "the 429 was retried");
+    for (i, r) in requests.iter().enumerate() {
+        let body = body_text(r);
+        assert_eq!(
+            form_fields(&body, "keywords[]"),
+            ["山田太郎", "Acme株式会社"],
+            "request {i}"
+        );
+        assert_eq!(
+            form_field(&body, "model").as_deref(),
+            Some("gpt-4o-transcribe")
+        );
+        assert_eq!(form_field(&body, "language").as_deref(), Some("ja"));
+        assert_eq!(
+            form_field(&body, "response_format").as_deref(),
+            Some("json")
+        );
+        assert!(
+            body.contains("filename=\"chunk-00"),
+            "request {i}: the file part"
+        );
+    }
+    assert_eq!(
+        form_field(&body_text(&requests[2]), "prompt").as_deref(),
+        Some("山田さん、こんにちは。")
+    );
+
+    // A refused key on this path is WHISPER_REJECTED at once, like on the other.
+    let refusing = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(openai_error(401, "Incorrect API key provided: sk-…b4a3."))
+        .mount(&refusing)
+        .await;
+    let t = Arc::new(OpenAiTranscriber::new(config(&refusing, ResponseMode::Text)).unwrap());
+    let context = TranscribeContext {
+        language: "ja".into(),
+        keywords: vec!["Acme".into()],
+    };
+    let err = transcribe_all(
+        t,
+        chunks(dir.path(), &[(0.0, 5.0)]),
+        context,
+        1,
+        &[[0.0, 5.0]],
+        |_, _| {},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::WhisperRejected, "{err}");
+    assert_eq!(refusing.received_requests().await.unwrap().len(), 1);
+}
+
+/// Issue 15, item 13: `gpt-4o-transcribe-diarize` rejects `prompt`, so it is never sent one,
+/// not even when the previous piece's text is known.
+#[tokio::test]
+async fn the_diarize_model_is_sent_no_prompt() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(ENDPOINT))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"text": "前の話です。"})),
+        )
+        .mount(&server)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&server, ResponseMode::Text);
+    cfg.model = "gpt-4o-transcribe-diarize".into();
+    run(
+        cfg,
+        chunks(dir.path(), &[(0.0, 5.0), (5.0, 10.0), (10.0, 15.0)]),
+        1,
+    )
+    .await
+    .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3);
+    for r in &requests {
+        assert_eq!(form_field(&body_text(r), "prompt"), None);
+    }
 }

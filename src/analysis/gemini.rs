@@ -10,16 +10,21 @@
 //!
 //! Failure policy (never a made-up default):
 //! - 429, 408, 5xx, timeouts, connection errors and unreadable 2xx envelopes are retried up to
-//!   `max_attempts` in all, waiting `Retry-After` (seconds; else the error's `retryDelay`;
-//!   capped at `max_retry_after`) or else exponential backoff with full jitter
-//!   (uniform in `0..min(backoff_cap, backoff_base * 2^(n-1))`); then `GEMINI_FAILED`.
+//!   `max_attempts` in all through the shared [`crate::retry`] policy: exponential backoff with
+//!   full jitter (uniform in `0..min(backoff_cap, backoff_base * 2^(n-1))`), never shorter than
+//!   `Retry-After` (seconds; else the error's `retryDelay`; capped at `max_retry_after`); then
+//!   `GEMINI_FAILED`.
 //! - Any other 4xx fails at once with `GEMINI_FAILED` and the API's message.
 //! - A blocked prompt (`promptFeedback.blockReason`) or a candidate stopped for
 //!   safety/recitation/policy fails with `GEMINI_BLOCKED` (permanent) and the reason; no
 //!   candidates at all fails with `GEMINI_FAILED`.
 //! - A reply that is not JSON, does not fit the schema or fails [`validate`](super::validate)
-//!   (e.g. an invented quote) is asked for once more with the reason appended to the prompt;
-//!   a second invalid reply fails with `GEMINI_INVALID_RESPONSE`.
+//!   (e.g. an invented quote) is asked for once more with the reason appended to the prompt.
+//!   In the second reply an example whose quote is still not in the transcript is dropped and
+//!   counted ([`super::parse_dropping_unverified`]); it fails with `GEMINI_INVALID_RESPONSE` only
+//!   when a skill is left with no verified example or another rule is broken.
+//! - `usageMetadata` (`promptTokenCount`, `candidatesTokenCount`, `thoughtsTokenCount`) of every
+//!   reply is summed into the result's [`AnalysisReport`].
 
 use std::fmt;
 use std::time::Duration;
@@ -27,7 +32,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AnalysisInput, Analyzer, CoachingAnalysis, SCHEMA_JSON, parse_and_validate, prompt};
+use super::{
+    AnalysisInput, AnalysisReport, Analyzed, Analyzer, SCHEMA_JSON, TokenUsage, parse_and_validate,
+    parse_dropping_unverified, prompt,
+};
+use crate::retry::{Attempt, RetryPolicy, Transient, retry_after_of, transient_status};
 use crate::{Error, ErrorCode};
 
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -121,7 +130,7 @@ impl fmt::Debug for GeminiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GeminiConfig")
             .field("api_key", &"<redacted>")
-            .field("base_url", &self.base_url)
+            .field("base_url", &crate::error::redact_url(&self.base_url))
             .field("model", &self.model)
             .field("max_attempts", &self.max_attempts)
             .field("request_timeout", &self.request_timeout)
@@ -140,6 +149,12 @@ pub struct GeminiAnalyzer {
     config: GeminiConfig,
     client: reqwest::Client,
     schema: Value,
+}
+
+/// What one successful HTTP exchange yielded, with its token usage.
+struct Replied {
+    reply: Reply,
+    usage: TokenUsage,
 }
 
 /// What one successful HTTP exchange yielded.
@@ -203,44 +218,50 @@ impl GeminiAnalyzer {
         })
     }
 
-    /// Sends one prompt, retrying transient failures; returns the candidate's text.
-    async fn generate(&self, prompt: &str) -> crate::Result<Reply> {
-        let url = self.url();
-        let body = self.request_body(prompt);
-        let attempts = self.config.max_attempts.max(1);
-        let mut last = String::new();
-        for attempt in 1..=attempts {
-            match self.attempt(&url, &body).await {
-                Ok(reply) => return Ok(reply),
-                Err(AttemptError::Fatal(e)) => return Err(e),
-                Err(AttemptError::Retryable(why, wait)) => {
-                    last = why;
-                    if attempt < attempts {
-                        let wait = match wait {
-                            Some(w) => w.min(self.config.max_retry_after),
-                            None => self.backoff(attempt),
-                        };
-                        crate::telemetry::count_retry("gemini");
-                        tokio::time::sleep(wait).await;
+    /// Sends one prompt, retrying transient failures through the shared [`RetryPolicy`];
+    /// returns the candidate's text. A Retry-After longer than `max_retry_after` is cut to it.
+    async fn generate(&self, prompt: &str) -> crate::Result<Replied> {
+        let (url, body) = (&self.url(), &self.request_body(prompt));
+        let max_retry_after = self.config.max_retry_after;
+        self.retry_policy()
+            .run(
+                "gemini",
+                || async move {
+                    match self.attempt(url, body).await {
+                        Ok(reply) => Attempt::Done(reply),
+                        Err(AttemptError::Fatal(e)) => Attempt::Fail(e),
+                        Err(AttemptError::Retryable(reason, wait)) => Attempt::Retry(Transient {
+                            reason,
+                            retry_after: wait.map(|w| w.min(max_retry_after)),
+                            rate_limited: false,
+                        }),
                     }
-                }
-            }
+                },
+                |_, _| {},
+                |attempts, last| {
+                    Error::new(
+                        ErrorCode::GeminiFailed,
+                        format!(
+                            "Gemini request failed after {attempts} attempts; last: {}",
+                            last.reason
+                        ),
+                    )
+                },
+            )
+            .await
+    }
+
+    /// This adapter's knobs as the shared policy (full jitter up to
+    /// `min(backoff_cap, backoff_base * 2^(n-1))`, Retry-After as the floor).
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.config.max_attempts.max(1),
+            base: self.config.backoff_base,
+            cap: self.config.backoff_cap,
         }
-        Err(Error::new(
-            ErrorCode::GeminiFailed,
-            format!("Gemini request failed after {attempts} attempts; last: {last}"),
-        ))
     }
 
-    /// Full jitter: uniform in `0..min(cap, base * 2^(attempt-1))`.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
-        let ceiling = (self.config.backoff_base.as_secs_f64() * exp)
-            .min(self.config.backoff_cap.as_secs_f64());
-        Duration::from_secs_f64(fastrand::f64() * ceiling)
-    }
-
-    async fn attempt(&self, url: &str, body: &Value) -> Result<Reply, AttemptError> {
+    async fn attempt(&self, url: &str, body: &Value) -> Result<Replied, AttemptError> {
         let response = self
             .client
             .post(url)
@@ -250,24 +271,31 @@ impl GeminiAnalyzer {
             .await
             .map_err(transport_error)?;
         let status = response.status();
-        let retry_after = parse_retry_after(response.headers());
+        let retry_after = retry_after_of(response.headers());
         let text = response.text().await.map_err(transport_error)?;
 
         if !status.is_success() {
             let message = api_message(status, &text);
-            let retryable =
-                status.as_u16() == 429 || status.as_u16() == 408 || status.is_server_error();
-            return Err(if retryable {
+            return Err(if transient_status(status.as_u16()) {
                 AttemptError::Retryable(message, retry_after.or_else(|| retry_delay(&text)))
             } else {
                 AttemptError::Fatal(Error::new(ErrorCode::GeminiFailed, message))
             });
         }
 
-        let envelope: GenerateContentResponse = serde_json::from_str(&text).map_err(|e| {
+        let mut envelope: GenerateContentResponse = serde_json::from_str(&text).map_err(|e| {
             AttemptError::Retryable(format!("unreadable Gemini response envelope: {e}"), None)
         })?;
-        interpret(envelope).map_err(AttemptError::Fatal)
+        let usage = envelope
+            .usage_metadata
+            .take()
+            .map_or_else(TokenUsage::default, |u| TokenUsage {
+                prompt_tokens: u.prompt_token_count,
+                output_tokens: u.candidates_token_count,
+                thinking_tokens: u.thoughts_token_count,
+            });
+        let reply = interpret(envelope).map_err(AttemptError::Fatal)?;
+        Ok(Replied { reply, usage })
     }
 }
 
@@ -289,13 +317,6 @@ fn transport_error(e: reqwest::Error) -> AttemptError {
     AttemptError::Retryable(format!("{kind}: {}", e.without_url()), None)
 }
 
-/// Retry-After in seconds (an HTTP date is ignored: backoff applies).
-fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    let secs: f64 = v.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
 /// `error.details[].retryDelay` ("37s") of a google.rpc.RetryInfo, if present.
 fn retry_delay(body: &str) -> Option<Duration> {
     let v: Value = serde_json::from_str(body).ok()?;
@@ -314,11 +335,15 @@ fn api_message(status: reqwest::StatusCode, body: &str) -> String {
             "HTTP {} {}: {}",
             status.as_u16(),
             error.status.unwrap_or_default(),
-            error.message.unwrap_or_default()
+            // A 400 may echo the prompt (the user's transcript): logs get a short cut only.
+            crate::error::brief(&error.message.unwrap_or_default(), 200)
         ),
         Err(_) => {
-            let cut: String = body.chars().take(300).collect();
-            format!("HTTP {}: {}", status.as_u16(), cut.trim())
+            format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                crate::error::brief(body, 200)
+            )
         }
     }
 }
@@ -370,15 +395,28 @@ impl Analyzer for GeminiAnalyzer {
     fn analyze<'a>(
         &'a self,
         input: &'a AnalysisInput<'a>,
-    ) -> crate::BoxFuture<'a, crate::Result<CoachingAnalysis>> {
+    ) -> crate::BoxFuture<'a, crate::Result<Analyzed>> {
         Box::pin(async move {
             let built = prompt::build(input, self.config.max_prompt_chars);
             let mut text = built.text.clone();
-            let mut corrected = false;
+            let mut report = AnalysisReport::default();
             loop {
-                let problem = match self.generate(&text).await? {
+                let Replied { reply, usage } = self.generate(&text).await?;
+                report.requests += 1;
+                report.usage.add(usage);
+                let corrected = report.requests > 1;
+                let problem = match reply {
+                    Reply::Text(reply) if corrected => {
+                        match parse_dropping_unverified(&reply, input) {
+                            Ok((analysis, dropped)) => {
+                                report.dropped_examples = dropped;
+                                return Ok(Analyzed { analysis, report });
+                            }
+                            Err(problem) => problem,
+                        }
+                    }
                     Reply::Text(reply) => match parse_and_validate(&reply, input) {
-                        Ok(analysis) => return Ok(analysis),
+                        Ok(analysis) => return Ok(Analyzed { analysis, report }),
                         Err(problem) => problem,
                     },
                     Reply::Invalid(problem) => problem,
@@ -389,7 +427,6 @@ impl Analyzer for GeminiAnalyzer {
                         format!("Gemini's reply was invalid twice; last: {problem}"),
                     ));
                 }
-                corrected = true;
                 text = prompt::with_correction(&built.text, &problem, input.language);
             }
         })
@@ -403,6 +440,16 @@ impl Analyzer for GeminiAnalyzer {
 struct GenerateContentResponse {
     candidates: Option<Vec<Candidate>>,
     prompt_feedback: Option<PromptFeedback>,
+    usage_metadata: Option<UsageMetadata>,
+}
+
+/// `usageMetadata`: counts a reply may leave out (no thinking) are zero.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct UsageMetadata {
+    prompt_token_count: u64,
+    candidates_token_count: u64,
+    thoughts_token_count: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -477,13 +524,13 @@ mod tests {
         let mut c = GeminiConfig::new("k");
         c.backoff_base = Duration::from_secs(1);
         c.backoff_cap = Duration::from_secs(30);
-        let a = GeminiAnalyzer::new(c).unwrap();
+        let a = GeminiAnalyzer::new(c).unwrap().retry_policy();
         for _ in 0..200 {
-            assert!(a.backoff(1) <= Duration::from_secs(1));
-            assert!(a.backoff(3) <= Duration::from_secs(4));
-            assert!(a.backoff(10) <= Duration::from_secs(30));
+            assert!(a.backoff(1, None) <= Duration::from_secs(1));
+            assert!(a.backoff(3, None) <= Duration::from_secs(4));
+            assert!(a.backoff(10, None) <= Duration::from_secs(30));
         }
-        let spread: Vec<Duration> = (0..50).map(|_| a.backoff(5)).collect();
+        let spread: Vec<Duration> = (0..50).map(|_| a.backoff(5, None)).collect();
         assert!(spread.iter().any(|d| *d != spread[0]), "jittered");
     }
 
@@ -502,12 +549,12 @@ mod tests {
         );
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("retry-after", "2".parse().unwrap());
-        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after_of(&h), Some(Duration::from_secs(2)));
         h.insert(
             "retry-after",
             "Wed, 21 Oct 2026 07:28:00 GMT".parse().unwrap(),
         );
-        assert_eq!(parse_retry_after(&h), None);
+        assert_eq!(retry_after_of(&h), None);
     }
 
     #[test]

@@ -33,7 +33,46 @@ pub trait Analyzer: Send + Sync {
     fn analyze<'a>(
         &'a self,
         input: &'a AnalysisInput<'a>,
-    ) -> crate::BoxFuture<'a, crate::Result<CoachingAnalysis>>;
+    ) -> crate::BoxFuture<'a, crate::Result<Analyzed>>;
+}
+
+/// A validated analysis and what producing it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analyzed {
+    pub analysis: CoachingAnalysis,
+    pub report: AnalysisReport,
+}
+
+/// What the analysis cost and what was dropped from it (the result's `analysis_report`), so
+/// cost is visible and a dropped example is never silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnalysisReport {
+    /// Model requests that produced a reply (the first, and the corrective one if it was needed).
+    pub requests: u32,
+    /// Examples removed because their quote was still not in the transcript after the
+    /// corrective request (each skill kept at least one verified example).
+    pub dropped_examples: u32,
+    /// Tokens over all those requests, as the model reported them.
+    pub usage: TokenUsage,
+}
+
+/// Token counts of Gemini's `usageMetadata`, summed over requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// `promptTokenCount`.
+    pub prompt_tokens: u64,
+    /// `candidatesTokenCount`: the reply.
+    pub output_tokens: u64,
+    /// `thoughtsTokenCount`: thinking, billed as output.
+    pub thinking_tokens: u64,
+}
+
+impl TokenUsage {
+    pub fn add(&mut self, other: TokenUsage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.output_tokens += other.output_tokens;
+        self.thinking_tokens += other.thinking_tokens;
+    }
 }
 
 /// The JSON Schema of [`CoachingAnalysis`], sent to the model as its response schema.
@@ -61,6 +100,16 @@ pub struct Skills {
 }
 
 impl Skills {
+    /// `(name, assessment)` in schema order, to change them.
+    pub fn iter_mut(&mut self) -> [(&'static str, &mut SkillAssessment); 4] {
+        [
+            ("listening", &mut self.listening),
+            ("questioning", &mut self.questioning),
+            ("empathy", &mut self.empathy),
+            ("feedback", &mut self.feedback),
+        ]
+    }
+
     /// `(name, assessment)` in schema order.
     pub fn iter(&self) -> [(&'static str, &SkillAssessment); 4] {
         [
@@ -287,6 +336,51 @@ pub fn parse_and_validate(
         .map_err(|e| format!("the reply is not JSON of the required schema: {e}"))?;
     validate(&analysis, input)?;
     Ok(analysis)
+}
+
+/// The last word on a corrected reply: examples whose quote still does not occur in the
+/// transcript are dropped (counted), rather than failing an otherwise sound analysis; it fails
+/// only when a skill is left with no verified example, or on any other rule. Returns the
+/// analysis and how many examples were dropped.
+pub fn parse_dropping_unverified(
+    text: &str,
+    input: &AnalysisInput<'_>,
+) -> Result<(CoachingAnalysis, u32), String> {
+    let mut analysis: CoachingAnalysis = serde_json::from_str(text.trim())
+        .map_err(|e| format!("the reply is not JSON of the required schema: {e}"))?;
+    let dropped = drop_unverified_examples(&mut analysis, input)?;
+    validate(&analysis, input)?;
+    Ok((analysis, dropped))
+}
+
+/// Removes the examples whose (non-empty) quote does not occur in the transcript; an error
+/// names each skill left without any example, and the quotes it lost.
+pub fn drop_unverified_examples(
+    analysis: &mut CoachingAnalysis,
+    input: &AnalysisInput<'_>,
+) -> Result<u32, String> {
+    let haystack = transcript_haystack(input.turns);
+    let mut dropped = 0;
+    let mut emptied = Vec::new();
+    for (name, skill) in analysis.skills.iter_mut() {
+        let (kept, lost): (Vec<Example>, Vec<Example>) = std::mem::take(&mut skill.examples)
+            .into_iter()
+            .partition(|ex| ex.quote.trim().is_empty() || quote_occurs(&haystack, &ex.quote));
+        if kept.is_empty() && !lost.is_empty() {
+            let quotes: Vec<String> = lost.iter().map(|ex| format!("\"{}\"", ex.quote)).collect();
+            emptied.push(format!(
+                "skills.{name} has no example whose quote occurs in the transcript ({})",
+                quotes.join(", ")
+            ));
+        }
+        dropped += lost.len() as u32;
+        skill.examples = kept;
+    }
+    if emptied.is_empty() {
+        Ok(dropped)
+    } else {
+        Err(emptied.join("; "))
+    }
 }
 
 fn check_time(problems: &mut Vec<String>, path: &str, t: f64, max_time: f64) {

@@ -6,7 +6,6 @@ pub mod merge;
 pub mod openai;
 pub mod pieces;
 pub mod rate_gate;
-pub mod retry;
 pub mod sidecar;
 pub mod whisper_json;
 
@@ -37,6 +36,25 @@ pub struct ChunkRequest<'a> {
     pub language: &'a str,
     /// The tail of the text just before this piece, for continuity, when it is known.
     pub prompt: Option<String>,
+    /// The job's vocabulary (names, company terms), possibly empty.
+    pub keywords: &'a [String],
+}
+
+/// What every piece of one job is transcribed with: its language and vocabulary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TranscribeContext {
+    pub language: String,
+    pub keywords: Vec<String>,
+}
+
+impl From<&str> for TranscribeContext {
+    /// A language and no vocabulary.
+    fn from(language: &str) -> Self {
+        TranscribeContext {
+            language: language.to_string(),
+            keywords: Vec::new(),
+        }
+    }
 }
 
 /// Turns one chunk of audio into text (with times relative to the chunk, when the model gives
@@ -58,19 +76,20 @@ pub const PROMPT_TAIL_CHARS: usize = 200;
 pub async fn transcribe_all(
     transcriber: Arc<dyn Transcriber>,
     pieces: Vec<ChunkAudio>,
-    language: &str,
+    context: impl Into<TranscribeContext>,
     concurrency: usize,
     speech: &[[f64; 2]],
     mut on_done: impl FnMut(usize, usize),
 ) -> Result<Transcript> {
+    let context = Arc::new(context.into());
     let total = pieces.len();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<ChunkResult>>();
     let mut tasks = JoinSet::new();
     for lane in lanes(pieces, concurrency) {
-        let (transcriber, done_tx, language) = (
+        let (transcriber, done_tx, context) = (
             Arc::clone(&transcriber),
             done_tx.clone(),
-            language.to_string(),
+            Arc::clone(&context),
         );
         tasks.spawn(async move {
             let mut previous: Option<String> = None;
@@ -82,8 +101,9 @@ pub async fn transcribe_all(
                 let result = transcriber
                     .transcribe(ChunkRequest {
                         audio: &audio,
-                        language: &language,
+                        language: &context.language,
                         prompt,
+                        keywords: &context.keywords,
                     })
                     .await
                     .map(|text| ChunkResult {
@@ -130,7 +150,12 @@ pub async fn transcribe_all(
             format!("only {} of {total} pieces were transcribed", results.len()),
         ));
     }
-    Ok(merge::merge(results, speech, language, &transcriber.name()))
+    Ok(merge::merge(
+        results,
+        speech,
+        &context.language,
+        &transcriber.name(),
+    ))
 }
 
 /// Splits time-ordered pieces into at most `n` lanes of consecutive pieces, as even as can be.

@@ -4,6 +4,12 @@
 //! async-openai's own retry layer is replaced by a plain transport that remembers each reply's
 //! status and Retry-After header, so our [`RetryPolicy`] decides: 429, 5xx, timeouts, dropped
 //! connections and unreadable bodies are retried with backoff; any other 4xx fails at once.
+//!
+//! A job's vocabulary goes out as repeated `keywords[]` multipart fields, which async-openai's
+//! request type does not have: for text-only models with keywords the same multipart request
+//! is built with reqwest ([`OpenAiTranscriber::attempt_with_keywords`]). Segment models
+//! (whisper-1) get no keywords. Models that refuse a `prompt` (`gpt-4o-transcribe-diarize`)
+//! are sent none ([`takes_prompt`]).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -19,11 +25,11 @@ use async_openai::types::audio::{
 };
 
 use super::rate_gate::RateGate;
-use super::retry::{RetryPolicy, parse_retry_after};
 use super::whisper_json::{self, ChunkText};
 use super::{ChunkRequest, Transcriber};
 use crate::BoxFuture;
 use crate::error::{Error, ErrorCode, Result};
+use crate::retry::{self, RetryPolicy, Transient, retry_after_of};
 
 /// Which reply a model gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +74,7 @@ impl fmt::Debug for OpenAiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiConfig")
             .field("api_key", &"<redacted>")
-            .field("base_url", &self.base_url)
+            .field("base_url", &crate::error::redact_url(&self.base_url))
             .field("model", &self.model)
             .field("mode", &self.mode)
             .field("retry", &self.retry)
@@ -156,8 +162,18 @@ impl OpenAiTranscriber {
         })
     }
 
+    /// The prompt this model is sent: none for models that reject one.
+    fn prompt_for(&self, req: &ChunkRequest<'_>) -> Option<String> {
+        req.prompt
+            .clone()
+            .filter(|_| takes_prompt(&self.config.model))
+    }
+
     /// One request. The outcome says whether another attempt may help.
     async fn attempt(&self, req: &ChunkRequest<'_>) -> Attempt {
+        if !req.keywords.is_empty() && self.config.mode == ResponseMode::Text {
+            return self.attempt_with_keywords(req).await;
+        }
         let seen = Arc::new(Mutex::new(Seen::default()));
         let probe = {
             let seen = Arc::clone(&seen);
@@ -189,7 +205,7 @@ impl OpenAiTranscriber {
             },
             model: self.config.model.clone(),
             language: Some(req.language.to_string()),
-            prompt: req.prompt.clone(),
+            prompt: self.prompt_for(req),
             response_format: Some(match self.config.mode {
                 ResponseMode::Segments => AudioResponseFormat::VerboseJson,
                 ResponseMode::Text => AudioResponseFormat::Json,
@@ -203,7 +219,7 @@ impl OpenAiTranscriber {
         match result {
             Ok(body) => match whisper_json::parse(&body) {
                 Ok(text) => Attempt::Done(text),
-                Err(e) => Attempt::Retry(format!("unreadable reply: {e}"), None, false),
+                Err(e) => transient(format!("unreadable reply: {e}"), None, false),
             },
             Err(OpenAIError::ApiError(api)) => {
                 let e = &api.api_error;
@@ -213,10 +229,10 @@ impl OpenAiTranscriber {
                 classify(api.status_code.as_u16(), &e.message, quota, seen)
             }
             Err(OpenAIError::Reqwest(e)) if e.is_timeout() => {
-                Attempt::Retry("the request timed out".into(), None, false)
+                transient("the request timed out".into(), None, false)
             }
             Err(OpenAIError::Reqwest(e)) => {
-                Attempt::Retry(format!("connection failed: {e}"), None, false)
+                transient(format!("connection failed: {e}"), None, false)
             }
             Err(OpenAIError::JSONDeserialize(_, body)) => match seen.status {
                 Some(status) if status >= 400 => classify(
@@ -225,7 +241,7 @@ impl OpenAiTranscriber {
                     body.contains("insufficient_quota"),
                     seen,
                 ),
-                _ => Attempt::Retry(format!("unreadable reply: {}", snippet(&body)), None, false),
+                _ => transient(format!("unreadable reply: {}", snippet(&body)), None, false),
             },
             Err(OpenAIError::FileReadError(e)) => Attempt::Fail(Error::new(
                 ErrorCode::Internal,
@@ -239,6 +255,115 @@ impl OpenAiTranscriber {
     }
 }
 
+impl OpenAiTranscriber {
+    /// One `POST {base}/audio/transcriptions` built here, for what async-openai cannot send:
+    /// the fields it sends (model, file, language, prompt, response_format json) plus one
+    /// `keywords[]` field per term. Classified exactly like the async-openai path.
+    async fn attempt_with_keywords(&self, req: &ChunkRequest<'_>) -> Attempt {
+        let form = match self.keyword_form(req).await {
+            Ok(form) => form,
+            Err(e) => return Attempt::Fail(e),
+        };
+        let url = format!(
+            "{}/audio/transcriptions",
+            self.config.base_url.trim_end_matches('/')
+        );
+        let sent = self
+            .http
+            .post(url)
+            .bearer_auth(&self.config.api_key)
+            .multipart(form)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return transient("the request timed out".into(), None, false);
+            }
+            Err(e) => {
+                return transient(
+                    format!("connection failed: {}", e.without_url()),
+                    None,
+                    false,
+                );
+            }
+        };
+        let status = response.status().as_u16();
+        let seen = Seen {
+            status: Some(status),
+            retry_after: retry_after_of(response.headers()),
+        };
+        let body = match response.text().await {
+            Ok(body) => body,
+            Err(e) => {
+                return transient(
+                    format!("unreadable reply: {}", e.without_url()),
+                    None,
+                    false,
+                );
+            }
+        };
+        if (200..300).contains(&status) {
+            return match whisper_json::parse(body.as_bytes()) {
+                Ok(text) => Attempt::Done(text),
+                Err(e) => transient(format!("unreadable reply: {e}"), None, false),
+            };
+        }
+        let (message, quota) = api_error_of(&body);
+        classify(status, &message, quota, seen)
+    }
+
+    /// The multipart body of [`attempt_with_keywords`](Self::attempt_with_keywords).
+    async fn keyword_form(&self, req: &ChunkRequest<'_>) -> Result<reqwest::multipart::Form> {
+        let path = &req.audio.path;
+        let bytes = tokio::fs::read(path).await.map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("cannot read chunk audio {}: {e}", path.display()),
+            )
+        })?;
+        let name = path
+            .file_name()
+            .map_or("piece.wav".into(), |n| n.to_string_lossy().into_owned());
+        let file = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name)
+            .mime_str("audio/wav")
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("multipart: {e}")))?;
+        let mut form = reqwest::multipart::Form::new()
+            .part("file", file)
+            .text("model", self.config.model.clone())
+            .text("language", req.language.to_string())
+            .text("response_format", "json");
+        if let Some(prompt) = self.prompt_for(req) {
+            form = form.text("prompt", prompt);
+        }
+        for keyword in req.keywords {
+            form = form.text("keywords[]", keyword.clone());
+        }
+        Ok(form)
+    }
+}
+
+/// Whether a model accepts `prompt`: `gpt-4o-transcribe-diarize` rejects it (the API answers
+/// 400), every other transcription model takes one.
+pub fn takes_prompt(model: &str) -> bool {
+    !model.contains("-diarize")
+}
+
+/// OpenAI's error body `{"error": {"message", "type", "code"}}`: the message (or the body, cut)
+/// and whether it says `insufficient_quota`.
+fn api_error_of(body: &str) -> (String, bool) {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let e = &v["error"];
+    let quota = [&e["code"], &e["type"]]
+        .iter()
+        .any(|f| f.as_str() == Some("insufficient_quota"));
+    let message = e["message"]
+        .as_str()
+        .map_or_else(|| snippet(body), String::from);
+    (message, quota)
+}
+
 /// What the transport saw of the last reply.
 #[derive(Debug, Default, Clone, Copy)]
 struct Seen {
@@ -246,27 +371,15 @@ struct Seen {
     retry_after: Option<Duration>,
 }
 
-enum Attempt {
-    Done(ChunkText),
-    /// Worth retrying: the reason, the server's Retry-After, and whether it was a rate limit.
-    Retry(String, Option<Duration>, bool),
-    Fail(Error),
-}
+/// One request's outcome, in the shared retry vocabulary.
+type Attempt = retry::Attempt<ChunkText>;
 
-/// Retry-After as OpenAI sends it: `retry-after-ms` (milliseconds) first, else `retry-after`
-/// (seconds).
-fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let ms = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0)
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0));
-    ms.or_else(|| {
-        headers
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after)
+/// A transient failure of one request.
+fn transient(reason: String, retry_after: Option<Duration>, rate_limited: bool) -> Attempt {
+    Attempt::Retry(Transient {
+        reason,
+        retry_after,
+        rate_limited,
     })
 }
 
@@ -274,23 +387,20 @@ fn retry_after_of(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 /// `insufficient_quota` is an account problem (permanent, its own code); any other 4xx is the
 /// request itself (permanent).
 fn classify(status: u16, message: &str, quota: bool, seen: Seen) -> Attempt {
+    // Upstream text goes to the logs only, cut short (Error::new redacts keys in it).
+    let message = crate::error::brief(message, 200);
     match status {
         429 if quota => Attempt::Fail(Error::new(
             ErrorCode::WhisperQuotaExceeded,
             format!("the OpenAI account has no quota left (429 insufficient_quota): {message}"),
         )),
-        429 => Attempt::Retry(
+        429 => transient(
             format!("rate limited (429): {message}"),
             seen.retry_after,
             true,
         ),
-        408 => Attempt::Retry(
-            format!("request timeout (408): {message}"),
-            seen.retry_after,
-            false,
-        ),
-        500..=599 => Attempt::Retry(
-            format!("server error ({status}): {message}"),
+        _ if retry::transient_status(status) => transient(
+            format!("transient reply ({status}): {message}"),
             seen.retry_after,
             false,
         ),
@@ -312,39 +422,38 @@ impl Transcriber for OpenAiTranscriber {
 
     fn transcribe<'a>(&'a self, req: ChunkRequest<'a>) -> BoxFuture<'a, Result<ChunkText>> {
         Box::pin(async move {
-            let policy = self.config.retry;
-            let mut attempt = 1;
-            loop {
-                self.gate.wait().await;
-                let (reason, retry_after, rate_limited) = match self.attempt(&req).await {
-                    Attempt::Done(text) => return Ok(text),
-                    Attempt::Fail(e) => return Err(e),
-                    Attempt::Retry(reason, retry_after, rate_limited) => {
-                        (reason, retry_after, rate_limited)
-                    }
-                };
-                if attempt >= policy.max_attempts {
-                    let code = if rate_limited {
-                        ErrorCode::WhisperRateLimited
-                    } else {
-                        ErrorCode::WhisperFailed
-                    };
-                    return Err(Error::new(
-                        code,
-                        format!(
-                            "chunk {} failed after {attempt} attempts: {reason}",
-                            req.audio.index
-                        ),
-                    ));
-                }
-                crate::telemetry::count_retry("whisper");
-                let pause = policy.backoff(attempt, retry_after);
-                if rate_limited {
-                    self.gate.hold(pause);
-                }
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-            }
+            let index = req.audio.index;
+            let req = &req;
+            self.config
+                .retry
+                .run(
+                    "whisper",
+                    || async move {
+                        self.gate.wait().await;
+                        self.attempt(req).await
+                    },
+                    // A rate limit pauses every lane of the job, not only this request.
+                    |t, pause| {
+                        if t.rate_limited {
+                            self.gate.hold(pause);
+                        }
+                    },
+                    |attempts, last| {
+                        let code = if last.rate_limited {
+                            ErrorCode::WhisperRateLimited
+                        } else {
+                            ErrorCode::WhisperFailed
+                        };
+                        Error::new(
+                            code,
+                            format!(
+                                "chunk {index} failed after {attempts} attempts: {}",
+                                last.reason
+                            ),
+                        )
+                    },
+                )
+                .await
         })
     }
 }
@@ -355,10 +464,26 @@ mod tests {
 
     fn outcome(status: u16, quota: bool) -> std::result::Result<bool, ErrorCode> {
         match classify(status, "m", quota, Seen::default()) {
-            Attempt::Retry(_, _, rate_limited) => Ok(rate_limited),
+            Attempt::Retry(t) => Ok(t.rate_limited),
             Attempt::Fail(e) => Err(e.code),
             Attempt::Done(_) => unreachable!(),
         }
+    }
+
+    #[test]
+    fn the_diarize_model_takes_no_prompt() {
+        assert!(!takes_prompt("gpt-4o-transcribe-diarize"));
+        for model in ["gpt-transcribe", "gpt-4o-transcribe", "whisper-1"] {
+            assert!(takes_prompt(model), "{model}");
+        }
+        let (message, quota) = api_error_of(
+            r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+        );
+        assert_eq!(
+            (message.as_str(), quota),
+            ("You exceeded your current quota", true)
+        );
+        assert_eq!(api_error_of("<html>").0, "<html>");
     }
 
     /// Issue 15, item 8: what is permanent is permanent, with its own code.
@@ -384,17 +509,6 @@ mod tests {
         assert!(!ErrorCode::WhisperQuotaExceeded.is_retryable());
         assert!(!ErrorCode::WhisperRejected.is_retryable());
         assert!(ErrorCode::WhisperRateLimited.is_retryable());
-    }
-
-    #[test]
-    fn retry_after_ms_comes_first() {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert("retry-after", "2".parse().unwrap());
-        assert_eq!(retry_after_of(&h), Some(Duration::from_secs(2)));
-        h.insert("retry-after-ms", "350".parse().unwrap());
-        assert_eq!(retry_after_of(&h), Some(Duration::from_millis(350)));
-        h.insert("retry-after-ms", "soon".parse().unwrap());
-        assert_eq!(retry_after_of(&h), Some(Duration::from_secs(2)));
     }
 
     #[test]

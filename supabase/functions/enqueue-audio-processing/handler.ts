@@ -26,6 +26,11 @@ export const BUCKET_PATTERN = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/; // table/column names we put into PostgREST URLs
 const MAX_BODY_BYTES = 16 * 1024;
 const MAX_KEY_BYTES = 1024;
+/** Bounds of the optional vocabulary (src/job.rs MAX_KEYWORDS, MAX_KEYWORD_CHARS). */
+export const MAX_KEYWORDS = 50;
+export const MAX_KEYWORD_CHARS = 64;
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 
 export interface Env {
   supabaseUrl?: string;
@@ -139,10 +144,15 @@ export interface Job {
   audio: { bucket: string; key: string };
   language: string;
   enqueued_at: string;
+  /** Names and terms for the transcriber; absent when there are none. */
+  keywords?: string[];
   signature?: string;
 }
 
-/** What the signature covers: src/job.rs `canonical_string`. */
+/**
+ * What the signature covers: src/job.rs `canonical_string` (the eight fields, then each keyword
+ * when there are any, so a job without keywords signs as it always did).
+ */
 export function canonicalString(job: Job): string {
   return [
     String(job.version),
@@ -153,7 +163,32 @@ export function canonicalString(job: Job): string {
     job.audio.key,
     job.language,
     job.enqueued_at,
+    ...(job.keywords ?? []),
   ].join("\n");
+}
+
+/**
+ * Why a `keywords` value is not acceptable, or null: the worker's rule (src/job.rs
+ * `check_keywords`): an array of at most MAX_KEYWORDS distinct strings of 1 to MAX_KEYWORD_CHARS
+ * characters, without leading or trailing space or any control character.
+ */
+export function keywordsProblem(keywords: unknown): string | null {
+  if (!Array.isArray(keywords)) return "must be an array of strings";
+  if (keywords.length > MAX_KEYWORDS) {
+    return `has ${keywords.length} terms, at most ${MAX_KEYWORDS}`;
+  }
+  for (const [i, k] of keywords.entries()) {
+    if (typeof k !== "string") return `[${i}] must be a string`;
+    const n = [...k].length;
+    if (n < 1 || n > MAX_KEYWORD_CHARS) {
+      return `[${i}] must have 1 to ${MAX_KEYWORD_CHARS} characters`;
+    }
+    if (k.trim() !== k || CONTROL.test(k)) {
+      return `[${i}] must have no leading or trailing space and no control characters`;
+    }
+    if (keywords.indexOf(k) !== i) return `[${i}] repeats ${JSON.stringify(k)}`;
+  }
+  return null;
 }
 
 /** Lowercase hex HMAC-SHA256 of the canonical string, keyed with the secret's UTF-8 bytes. */
@@ -318,6 +353,7 @@ interface Body {
   session_id: string;
   audio_key: string;
   language: string;
+  keywords: string[];
   force: boolean;
 }
 
@@ -334,15 +370,17 @@ async function readBody(req: Request): Promise<Body> {
     throw bad("the body is not JSON");
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw bad("the body must be a JSON object {session_id, audio_key, language?, force?}");
+    throw bad(
+      "the body must be a JSON object {session_id, audio_key, language?, keywords?, force?}",
+    );
   }
   const obj = value as Record<string, unknown>;
   // Strict, like the worker: a misspelt field (or a user_id, which comes from the JWT) is an error.
   const unknown = Object.keys(obj).find((k) =>
-    !["session_id", "audio_key", "language", "force"].includes(k)
+    !["session_id", "audio_key", "language", "keywords", "force"].includes(k)
   );
   if (unknown !== undefined) throw bad(`unknown field ${JSON.stringify(unknown)}`);
-  const { session_id, audio_key, language, force } = obj;
+  const { session_id, audio_key, language, keywords, force } = obj;
   if (typeof session_id !== "string" || !UUID_PATTERN.test(session_id)) {
     throw bad("session_id must be a UUID");
   }
@@ -354,11 +392,16 @@ async function readBody(req: Request): Promise<Body> {
       throw bad('language must be an ISO 639-1 code like "ja" or "en-US"');
     }
   }
+  if (keywords !== undefined && keywords !== null) {
+    const problem = keywordsProblem(keywords);
+    if (problem) throw bad(`keywords ${problem}`);
+  }
   if (force !== undefined && typeof force !== "boolean") throw bad("force must be true or false");
   return {
     session_id,
     audio_key,
     language: (language as string | null | undefined) ?? DEFAULT_LANGUAGE,
+    keywords: (keywords as string[] | null | undefined) ?? [],
     force: force === true,
   };
 }
@@ -535,6 +578,7 @@ async function enqueue(req: Request, env: Env, cfg: Config): Promise<Response> {
     language: body.language,
     enqueued_at: new Date().toISOString(),
   };
+  if (body.keywords.length > 0) job.keywords = body.keywords;
   if (env.signingSecret) job.signature = await signJob(job, env.signingSecret);
   const ids = { session_id: job.session_id, user_id: userId, job_id: job.job_id };
 

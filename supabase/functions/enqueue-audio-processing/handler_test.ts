@@ -495,6 +495,36 @@ Deno.test("language defaults to ja, a region is kept, no secret means no signatu
   });
 });
 
+Deno.test("keywords reach the job, are signed, and the worker accepts them", async () => {
+  await withWorld(async ({ env }) => {
+    const keywords = ["山田太郎", "Acme株式会社", "x".repeat(64)];
+    const res = await post(env, { session_id: SESSION_A, audio_key: KEY_A, keywords });
+    assert.equal(res.status, 202, await res.text());
+    const [entry] = await entries();
+    const job = JSON.parse(entry.fields.job);
+    assert.deepEqual(job.keywords, keywords);
+    const canonical = [
+      1,
+      job.job_id,
+      SESSION_A,
+      USER_A,
+      BUCKET,
+      KEY_A,
+      "ja",
+      job.enqueued_at,
+      ...keywords,
+    ].join("\n");
+    assert.equal(job.signature, await hmacHex(SECRET, canonical));
+    const ok = await validateJob(entry.fields.job);
+    assert.equal(ok.code, 0, `validate-job refused the job: ${ok.stderr}`);
+    // Keywords are covered by the signature: changing one is caught by the worker.
+    const tampered = JSON.stringify({ ...job, keywords: ["Evil Corp"] });
+    const bad = await validateJob(tampered);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /^error\[QUEUE_BAD_SIGNATURE\]: /);
+  });
+});
+
 Deno.test("OPTIONS answers the CORS preflight; other methods get 405", async () => {
   await withWorld(async ({ supabase, env }) => {
     env.allowedOrigin = "https://app.example";
@@ -607,6 +637,14 @@ Deno.test("400 for bodies the job schema would refuse", async () => {
       { ...good, language: "jpn" },
       { ...good, language: 1 },
       { ...good, force: "yes" },
+      { ...good, keywords: "Acme" },
+      { ...good, keywords: [1] },
+      { ...good, keywords: [""] },
+      { ...good, keywords: [" Acme"] },
+      { ...good, keywords: ["a\nb"] },
+      { ...good, keywords: ["x".repeat(65)] },
+      { ...good, keywords: ["Acme", "Acme"] },
+      { ...good, keywords: Array.from({ length: 51 }, (_, i) => `k${i}`) },
       { ...good, user_id: USER_B },
       JSON.stringify({ ...good, pad: "x".repeat(17 * 1024) }),
     ];
