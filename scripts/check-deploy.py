@@ -21,13 +21,20 @@ failures: list[str] = []
 AWS_SDK_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"}
 # fly-autoscaler 0.3.1 reads these from its environment (cmd/fly-autoscaler/main.go).
 FAS_ENV_VARS = {"FAS_API_TOKEN", "FAS_PROMETHEUS_TOKEN"}
-# fly-autoscaler 0.3.1 decodes its YAML with KnownFields(true): any other key is fatal.
-FAS_KEYS = {
-    "app-name", "org", "regions", "process-group", "created-machine-count",
+# fly-autoscaler decodes its YAML with KnownFields(true): any key its Config struct lacks is fatal
+# at start, and the autoscaler never scales. Keys per release (cmd/fly-autoscaler/main.go at the
+# tag); `process-group` arrived in 0.3.2. The pinned image tag in deploy/autoscaler/fly.toml
+# chooses the set, and an unknown tag fails the lint until its keys are added here.
+FAS_KEYS_031 = {
+    "app-name", "org", "regions", "created-machine-count",
     "min-created-machine-count", "max-created-machine-count", "initial-machine-state",
     "started-machine-count", "min-started-machine-count", "max-started-machine-count",
     "concurrency", "interval", "timeout", "app-list-refresh-interval", "api-token", "verbose",
     "metric-collectors",
+}
+FAS_KEYS_BY_VERSION = {
+    "0.3.1": FAS_KEYS_031,
+    "0.3.2": FAS_KEYS_031 | {"process-group"},
 }
 FAS_COLLECTOR_KEYS = {
     "type", "metric-name", "query", "address", "token", "namespace", "cert-data", "key-data",
@@ -154,7 +161,15 @@ def main() -> int:
     fas = yaml.safe_load(raw)
     check(isinstance(fas, dict), "fly-autoscaler.yml: not a mapping")
     fas = fas or {}
-    check(set(fas) <= FAS_KEYS, f"fly-autoscaler.yml: unknown keys {sorted(set(fas) - FAS_KEYS)}")
+    image = fas_toml.get("build", {}).get("image", "")
+    version = image.rpartition(":")[2]
+    known = FAS_KEYS_BY_VERSION.get(version)
+    check(known is not None, f"deploy/autoscaler/fly.toml: image {image!r} is not a fly-autoscaler release this lint knows the keys of")
+    unknown = sorted(set(fas) - known) if known is not None else []
+    check(not unknown, f"fly-autoscaler.yml: keys {unknown} are not accepted by fly-autoscaler {version}")
+    if "process-group" not in fas:
+        check(len(fly.get("processes", {})) <= 1,
+              "fly-autoscaler.yml: without process-group it scales every group of the worker app")
     check(fas.get("app-name") == fly.get("app"), "fly-autoscaler.yml: app-name is not fly.toml's app")
     defined = set(fas_toml.get("env", {})) | FAS_ENV_VARS
     for var in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", raw):
