@@ -32,6 +32,10 @@ pub struct Config {
     pub concurrency: usize,
     /// Chunks of one job transcribed at once (TRANSCRIBE_CONCURRENCY, 4).
     pub transcribe_concurrency: usize,
+    /// Voices in a session (EXPECTED_SPEAKERS, 2 for a 1-on-1; 1 never splits).
+    pub expected_speakers: usize,
+    /// Longest piece sent to the transcriber, in seconds (MAX_PIECE_S, 30).
+    pub max_piece_s: f64,
     /// How long a job in flight may take to finish after SIGINT/SIGTERM (SHUTDOWN_GRACE_S, 25).
     pub shutdown_grace: Duration,
     /// Exit 0 once the queue has been empty this long (EXIT_WHEN_IDLE, e.g. `5m`; unset: never).
@@ -110,6 +114,9 @@ impl Config {
         };
         let concurrency = number("WORKER_CONCURRENCY", 1, 1, 64) as usize;
         let transcribe_concurrency = number("TRANSCRIBE_CONCURRENCY", 4, 1, 32) as usize;
+        let expected_speakers = number("EXPECTED_SPEAKERS", 2, 1, 2) as usize;
+        // Under 10 s, pieces cut sentences; over 120 s, a failed request redoes too much.
+        let max_piece_s = number("MAX_PIECE_S", 30, 10, 120) as f64;
         let shutdown_grace = Duration::from_secs(number("SHUTDOWN_GRACE_S", 25, 0, 3600));
         let visibility = Duration::from_secs(number("VISIBILITY_TIMEOUT_S", 120, 3, 86_400));
         let max_attempts = number("JOB_MAX_ATTEMPTS", 3, 1, 100) as u32;
@@ -208,6 +215,8 @@ impl Config {
             job_max_age,
             concurrency,
             transcribe_concurrency,
+            expected_speakers,
+            max_piece_s,
             shutdown_grace,
             exit_when_idle,
             work_dir: get("WORK_DIR")
@@ -281,6 +290,8 @@ impl Config {
                 "TRANSCRIBE_CONCURRENCY",
                 self.transcribe_concurrency.to_string(),
             ),
+            ("EXPECTED_SPEAKERS", self.expected_speakers.to_string()),
+            ("MAX_PIECE_S", self.max_piece_s.to_string()),
             (
                 "SHUTDOWN_GRACE_S",
                 self.shutdown_grace.as_secs().to_string(),
@@ -372,6 +383,7 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(25));
         assert_eq!((c.port, c.metrics_port), (8080, 9091));
         assert_eq!(c.exit_when_idle, None);
+        assert_eq!((c.expected_speakers, c.max_piece_s), (2, 30.0));
         assert_eq!(c.queue.visibility_timeout, Duration::from_secs(120));
         assert_eq!(c.queue.max_attempts, 3);
         assert!(c.queue.consumer.starts_with("e784079b-"));
@@ -408,6 +420,8 @@ mod tests {
         let err = Config::from_lookup(env(&[
             ("WORKER_CONCURRENCY", "zero"),
             ("EXIT_WHEN_IDLE", "soon"),
+            ("EXPECTED_SPEAKERS", "3"),
+            ("MAX_PIECE_S", "5"),
         ]))
         .unwrap_err();
         assert_eq!(err.code, ErrorCode::ConfigMissing);
@@ -420,6 +434,8 @@ mod tests {
             "BUCKET_NAME",
             "WORKER_CONCURRENCY=\"zero\"",
             "EXIT_WHEN_IDLE=\"soon\"",
+            "EXPECTED_SPEAKERS=\"3\"",
+            "MAX_PIECE_S=\"5\"",
         ] {
             assert!(
                 err.message.contains(name),

@@ -146,6 +146,8 @@ pub async fn services(config: &Config, queue: Queue) -> Result<Services> {
         ..PipelineOptions::default()
     };
     pipeline.prepare.decode.max_duration_s = config.max_duration_s;
+    pipeline.diarize.expected_speakers = config.expected_speakers;
+    pipeline.pieces.max_s = config.max_piece_s;
     pipeline.prepare.decode.max_input_bytes = config.storage.max_bytes;
     Ok(Services {
         queue: Arc::new(queue),

@@ -158,10 +158,16 @@ pub async fn transcribe_all(
     ))
 }
 
-/// Splits time-ordered pieces into at most `n` lanes of consecutive pieces, as even as can be.
+/// Pieces a lane holds at least before another lane opens: a lane's first piece goes without
+/// context, so a short session split four ways would send nearly every piece blind (4 pieces in
+/// 4 lanes: none with context; in one lane: 3 of 4), for a wait of a few requests.
+const MIN_PIECES_PER_LANE: usize = 4;
+
+/// Splits time-ordered pieces into at most `n` lanes of consecutive pieces, as even as can be,
+/// with at least [`MIN_PIECES_PER_LANE`] pieces in each when there are that many.
 fn lanes(pieces: Vec<ChunkAudio>, n: usize) -> Vec<Vec<ChunkAudio>> {
     let total = pieces.len();
-    let n = n.max(1).min(total.max(1));
+    let n = n.max(1).min(total.div_ceil(MIN_PIECES_PER_LANE).max(1));
     let mut out: Vec<Vec<ChunkAudio>> = (0..n).map(|_| Vec::new()).collect();
     for (i, p) in pieces.into_iter().enumerate() {
         out[i * n / total.max(1)].push(p);
@@ -196,11 +202,11 @@ mod tests {
             .iter()
             .map(|l| l.iter().map(|p| p.index).collect())
             .collect();
-        assert_eq!(
-            idx,
-            vec![vec![0, 1, 2], vec![3, 4], vec![5, 6, 7], vec![8, 9]]
-        );
-        assert_eq!(lanes((0..2).map(piece).collect(), 8).len(), 2);
+        assert_eq!(idx, vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
+        let l = lanes((0..20).map(piece).collect(), 4);
+        assert_eq!(l.iter().map(Vec::len).collect::<Vec<_>>(), vec![5; 4]);
+        assert_eq!(lanes((0..4).map(piece).collect(), 8).len(), 1);
+        assert_eq!(lanes((0..5).map(piece).collect(), 8).len(), 2);
         assert!(lanes(Vec::new(), 4).is_empty());
     }
 }
