@@ -298,10 +298,10 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
     })
     .await?;
     // Who speaks when, from the audio alone: the transcriber only fills in the words.
-    let timeline = blocking({
+    let (timeline, stats) = blocking({
         let (pcm, speech, dopts) = (pcm.clone(), manifest.speech.clone(), opts.diarize.clone());
         let encoder = opts.speaker_encoder.clone();
-        move || diarize::speaker_timeline(&pcm, &speech, &dopts, encoder.as_deref())
+        move || diarize::speaker_timeline_with_stats(&pcm, &speech, &dopts, encoder.as_deref())
     })
     .await?;
     let turn_spans = diarize::turns::group_turns(&timeline.spans, opts.diarize.max_pause_in_turn_s);
@@ -313,6 +313,11 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         turns = turn_spans.len(),
         pieces = pieces.len(),
         piece_audio_s = pieces.iter().map(|p| p.end_s - p.start_s).sum::<f64>(),
+        voice_cosine = stats.voice_cosine,
+        voice_share = ?stats.share,
+        blocks_resegmented = stats.blocks_resegmented,
+        changes_snapped = stats.changes_snapped,
+        tone_blocks = stats.tone_blocks,
         "speaker timeline"
     );
     let progress = Arc::clone(&ports.progress);

@@ -132,3 +132,96 @@ fn timeline_der_report() {
     }
     assert!(!cases.is_empty(), "no case matches {filter:?}");
 }
+
+/// The longest pause of the speech map: (start, length).
+fn longest_pause(speech: &[[f64; 2]]) -> (f64, f64) {
+    speech
+        .windows(2)
+        .map(|w| (w[0][1], w[1][0] - w[0][1]))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("two speech regions")
+}
+
+/// `pcm` with a tone burst (`freqs` summed, -18 dBFS each) added at `at_s` for `len_s`.
+fn with_tone(pcm: &Path, out: &Path, at_s: f64, len_s: f64, freqs: &[f64]) {
+    let mut reader = hound::WavReader::open(pcm).unwrap();
+    let spec = reader.spec();
+    let mut samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let (lo, hi) = (
+        (at_s * 16_000.0) as usize,
+        ((at_s + len_s) * 16_000.0) as usize,
+    );
+    for (n, s) in samples[lo..hi].iter_mut().enumerate() {
+        let t = n as f64 / 16_000.0;
+        let v: f64 = freqs
+            .iter()
+            .map(|f| 0.125 * (2.0 * std::f64::consts::PI * f * t).sin())
+            .sum();
+        *s = (f64::from(*s) + v * 32_767.0).clamp(-32_768.0, 32_767.0) as i16;
+    }
+    let mut w = hound::WavWriter::create(out, spec).unwrap();
+    for s in samples {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// Issue 13: a beep or a two-tone ring in a pause passes the energy detector as speech, but it
+/// is nobody's voice: no span of the timeline covers it. And no block of real speech in any
+/// scripted conversation (five synthesisers, telephone band, noise) is taken for a tone.
+#[test]
+fn tones_are_nobodys_voice_and_speech_is_never_a_tone() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DiarizeOptions::default();
+    for case in prepare_all(dir.path(), "") {
+        let (_, stats) =
+            diarize::speaker_timeline_with_stats(&case.pcm, &case.speech, &opts, None).unwrap();
+        assert_eq!(
+            stats.tone_blocks, 0,
+            "{}: speech taken for a tone",
+            case.name
+        );
+    }
+
+    let clear = prepare_all(dir.path(), "clear")
+        .into_iter()
+        .find(|c| c.name == "clear")
+        .unwrap();
+    for (name, freqs) in [("beep", &[1000.0][..]), ("ring", &[440.0, 480.0][..])] {
+        // 0.2 s of silence either side keeps the tone its own region.
+        let (pause, gap) = longest_pause(&clear.speech);
+        let len = (gap - 0.4).min(0.5);
+        assert!(len >= 0.3, "clear.flac has no pause of 0.7 s");
+        let at = pause + 0.2;
+        let wav = dir.path().join(format!("{name}.wav"));
+        with_tone(&clear.pcm, &wav, at, len, freqs);
+        let work = dir.path().join(name);
+        let prepare = PrepareOptions {
+            write_pcm: true,
+            ..PrepareOptions::default()
+        };
+        let manifest = audio::prepare(&wav, &work, &prepare).unwrap();
+        let tone_span = [at + 0.1, at + len - 0.1];
+        assert!(
+            manifest
+                .speech
+                .iter()
+                .any(|r| r[0] <= tone_span[0] && r[1] >= tone_span[1]),
+            "{name}: the energy detector should take the tone for speech (else this test tests nothing)"
+        );
+        let pcm = work.join(audio::PCM_FILE);
+        let (timeline, stats) =
+            diarize::speaker_timeline_with_stats(&pcm, &manifest.speech, &opts, None).unwrap();
+        let covered: f64 = timeline
+            .spans
+            .iter()
+            .map(|s| (s.end_s.min(tone_span[1]) - s.start_s.max(tone_span[0])).max(0.0))
+            .sum();
+        assert!(
+            covered < 0.05,
+            "{name}: {covered:.2} s of the tone is in a voice's span ({} blocks dropped)",
+            stats.tone_blocks
+        );
+        assert!(stats.tone_blocks >= 1, "{name}: no block dropped");
+    }
+}

@@ -34,6 +34,14 @@ pub const N_CEP: usize = 12;
 /// Features per block mean: the cepstra and log2 pitch.
 pub const N_FEAT: usize = N_CEP + 1;
 
+/// A frame is tonal when its two strongest spectral peaks (±2 bins, the Hamming main lobe) hold
+/// this share of its power above 94 Hz. Voiced speech spreads power over many harmonics and
+/// formants (pre-emphasised, its top two peaks hold well under this); a beep or a two-tone ring
+/// holds nearly all of it.
+const TONAL_PEAK_SHARE: f32 = 0.95;
+/// A block is a tone, not speech, when at least this share of its speech frames is tonal.
+const TONAL_BLOCK_SHARE: f32 = 0.7;
+
 /// Pitch search range.
 pub const F0_MIN: f32 = 60.0;
 pub const F0_MAX: f32 = 400.0;
@@ -58,6 +66,8 @@ pub struct Block {
     /// Sums over all speech frames, voiced or not, of c1..c12 (the resegmentation's spectral
     /// model: consonants and breath carry a voice's timbre too).
     pub cep_all: [f32; N_CEP],
+    /// Speech frames that are a steady tone (a beep, a ring, a hum): see [`drop_tones`].
+    pub tonal_frames: u16,
 }
 
 /// The voiced-frame features of a recording, block by block.
@@ -251,6 +261,42 @@ impl FrameAnalyser {
         }
         out
     }
+
+    /// Whether the frame last given to [`Self::mfcc`] is a steady tone rather than speech: its
+    /// two strongest peaks hold [`TONAL_PEAK_SHARE`] of the power above 94 Hz.
+    pub fn last_frame_is_tonal(&self) -> bool {
+        let power: Vec<f32> = self.mfcc_spec[3..].iter().map(|c| c.norm_sqr()).collect();
+        let total: f32 = power.iter().sum();
+        if total <= 1e-12 {
+            return false;
+        }
+        let mut rest = power;
+        let mut peaks = 0.0;
+        for _ in 0..2 {
+            let top = (0..rest.len())
+                .max_by(|&a, &b| rest[a].total_cmp(&rest[b]))
+                .unwrap_or(0);
+            let lobe = top.saturating_sub(2)..(top + 3).min(rest.len());
+            peaks += rest[lobe.clone()].iter().sum::<f32>();
+            rest[lobe].fill(0.0);
+        }
+        peaks >= TONAL_PEAK_SHARE * total
+    }
+}
+
+/// Clears the blocks that are mostly steady tone (a notification beep, a phone ringing, a test
+/// tone): the energy detector takes them for speech, and a 0.4 s beep would otherwise become a
+/// turn, or a third "voice" pulling the clustering. Returns how many blocks were cleared.
+pub fn drop_tones(blocks: &mut [Block]) -> usize {
+    let mut dropped = 0;
+    for b in blocks.iter_mut() {
+        let speech = f32::from(b.speech_frames);
+        if b.tonal_frames > 0 && f32::from(b.tonal_frames) >= TONAL_BLOCK_SHARE * speech {
+            *b = Block::default();
+            dropped += 1;
+        }
+    }
+    dropped
 }
 
 /// Parabolic interpolation of the difference function around an integer lag (3 lags, direct).
@@ -379,6 +425,7 @@ pub fn extract(pcm_wav: &Path, speech: &[[f64; 2]], frames_per_block: usize) -> 
             let b = &mut blocks[frame / frames_per_block];
             b.speech_frames += 1;
             let c = analyser.mfcc(&buf);
+            b.tonal_frames += u16::from(analyser.last_frame_is_tonal());
             for (s, v) in b.cep_all.iter_mut().zip(c.iter()) {
                 *s += v;
             }
@@ -454,6 +501,53 @@ mod tests {
             voiced += usize::from(a.pitch(&noise).is_some());
         }
         assert!(voiced <= 2, "{voiced} of 50 noise frames voiced");
+    }
+
+    fn sines(freqs: &[f32]) -> Vec<f32> {
+        (0..BUF)
+            .map(|n| {
+                let t = n as f32 / RATE as f32;
+                freqs
+                    .iter()
+                    .map(|f| 0.2 * (2.0 * std::f32::consts::PI * f * t).sin())
+                    .sum()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn beeps_and_rings_are_tonal_voices_and_noise_are_not() {
+        let mut a = FrameAnalyser::new();
+        let mut tonal = |x: &[f32]| {
+            a.mfcc(x);
+            a.last_frame_is_tonal()
+        };
+        for f in [440.0, 1000.0, 1333.3, 3100.0] {
+            assert!(tonal(&sines(&[f])), "{f} Hz beep");
+        }
+        assert!(tonal(&sines(&[697.0, 1209.0])), "DTMF 1");
+        assert!(tonal(&sines(&[440.0, 480.0])), "ring tone");
+        for (f0, harmonics) in [(110.0, 12), (220.0, 8), (320.0, 5)] {
+            assert!(!tonal(&tone(f0, harmonics)), "{f0} Hz x{harmonics}");
+        }
+        let mut rng = fastrand::Rng::with_seed(3);
+        let noise: Vec<f32> = (0..BUF).map(|_| rng.f32() - 0.5).collect();
+        assert!(!tonal(&noise));
+        assert!(!tonal(&vec![0.0; BUF]));
+    }
+
+    #[test]
+    fn mostly_tonal_blocks_are_cleared() {
+        let block = |speech, tonal| Block {
+            speech_frames: speech,
+            voiced_frames: speech,
+            tonal_frames: tonal,
+            ..Block::default()
+        };
+        let mut blocks = vec![block(10, 10), block(10, 7), block(10, 6), block(10, 0)];
+        assert_eq!(drop_tones(&mut blocks), 2);
+        let speech: Vec<u16> = blocks.iter().map(|b| b.speech_frames).collect();
+        assert_eq!(speech, vec![0, 0, 10, 10]);
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub struct DiarizeStats {
     pub changes_snapped: usize,
     /// Blocks whose voice the resegmentation changed.
     pub blocks_resegmented: usize,
+    /// Blocks left out as steady tone, not speech ([`features::drop_tones`]).
+    pub tone_blocks: usize,
 }
 
 /// The timeline from pitch + MFCC alone (no speaker model available).
@@ -142,7 +144,8 @@ pub fn speaker_timeline_with_stats(
 ) -> Result<(SpeakerTimeline, DiarizeStats)> {
     let mut speech: Vec<[f64; 2]> = speech.iter().copied().filter(|r| r[1] > r[0]).collect();
     speech.sort_by(|a, b| a[0].total_cmp(&b[0]));
-    let feats = features::extract(pcm_wav, &speech, opts.frames_per_block.max(1))?;
+    let mut feats = features::extract(pcm_wav, &speech, opts.frames_per_block.max(1))?;
+    let tone_blocks = features::drop_tones(&mut feats.blocks);
     let voices = match encoder {
         Some(encoder) => {
             let in_speech: Vec<bool> = feats.blocks.iter().map(|b| b.speech_frames > 0).collect();
@@ -157,10 +160,7 @@ pub fn speaker_timeline_with_stats(
         }
         None => None,
     };
-    Ok(timeline::from_features(
-        &feats,
-        &speech,
-        opts,
-        voices.as_ref(),
-    ))
+    let (timeline, mut stats) = timeline::from_features(&feats, &speech, opts, voices.as_ref());
+    stats.tone_blocks = tone_blocks;
+    Ok((timeline, stats))
 }

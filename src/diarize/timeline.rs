@@ -124,7 +124,7 @@ pub fn from_features(
     if two && opts.resegment {
         stats.blocks_resegmented = reseg::resegment(blocks, &mut labels, feats.block_s);
     }
-    let mut spans = voice_spans(speech, &labels, &margins, feats.block_s);
+    let mut spans = voice_spans(speech, &in_speech, &labels, &margins, feats.block_s);
     stats.changes_snapped = snap_changes(&mut spans, &feats.frame_db, opts.snap_change_s);
     (
         SpeakerTimeline {
@@ -439,9 +439,11 @@ fn logit(p: f32) -> f32 {
     (p / (1.0 - p)).ln()
 }
 
-/// The speech map cut at label changes.
+/// The speech map cut at label changes, and where a block holds no speech (a tone dropped by
+/// [`super::features::drop_tones`] inside a region of the energy detector).
 fn voice_spans(
     speech: &[[f64; 2]],
+    in_speech: &[bool],
     labels: &[Option<u8>],
     margins: &[f32],
     bs: f64,
@@ -453,13 +455,13 @@ fn voice_spans(
         let hi = ((reg[1] / bs).ceil().max(0.0) as usize).min(nb);
         let mut j = lo;
         while j < hi {
-            let Some(voice) = labels[j] else {
+            let Some(voice) = labels[j].filter(|_| in_speech[j]) else {
                 j += 1;
                 continue;
             };
             let mut k = j;
             let mut margin = 0.0;
-            while k < hi && labels[k].is_none_or(|x| x == voice) {
+            while k < hi && in_speech[k] && labels[k].is_none_or(|x| x == voice) {
                 margin += margins[k];
                 k += 1;
             }
