@@ -394,8 +394,12 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
 
     if let Some(dest) = opts.keep_audio.clone() {
         // Last, so a failed job leaves no audio behind.
+        // Copied by content: the temp file's owner-only mode would stick with `fs::copy`.
         blocking(move || {
-            std::fs::copy(&pcm, &dest)
+            let mut from = std::fs::File::open(&pcm)
+                .map_err(|e| Error::io(format!("cannot read {}", pcm.display()), e))?;
+            std::fs::File::create(&dest)
+                .and_then(|mut to| std::io::copy(&mut from, &mut to))
                 .map(drop)
                 .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))
         })

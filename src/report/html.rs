@@ -575,6 +575,9 @@ fn transcript(html: &mut String, r: &JobResult, lang: Lang) {
     html.push_str("</table>\n");
     if !silent.is_empty() {
         let note = match lang {
+            Lang::En if silent.len() == 1 => {
+                "1 short turn too brief to transcribe is shown on the timeline only.".to_string()
+            }
             Lang::En => format!(
                 "{} short turns too brief to transcribe are shown on the timeline only.",
                 silent.len()
@@ -655,7 +658,7 @@ td,th{padding:.25em .6em;text-align:left;vertical-align:top;border-bottom:1px so
 .transcript tr:hover,.transcript tr.now{background:#f3f6fb}\
 .transcript th{color:color-mix(in srgb,var(--role) 55%,#000);white-space:nowrap}\
 .time{color:#888;font-variant-numeric:tabular-nums;white-space:nowrap}\
-.player audio{width:100%;max-width:600px;vertical-align:middle}\
+.player audio{width:100%;max-width:600px;display:block}\
 .hint,.note,.meta{color:#666}.error{color:#b00}";
 
 /// Seeks the player to a clicked transcript row (`data-t`) or timeline point (via
@@ -810,7 +813,7 @@ mod tests {
         assert_eq!(html.matches("<tr class=\"coach\" data-t=").count(), 2);
         assert_eq!(html.matches("<tr class=\"client\" data-t=").count(), 1);
         assert!(!html.contains("\"></td></tr>"), "{html}");
-        assert!(html.contains("1 short turns too brief to transcribe"));
+        assert!(html.contains("1 short turn too brief to transcribe is shown"));
         // ... but the timeline still shows it
         assert_eq!(html.matches("<rect class=\"turn coach\"").count(), 3);
     }
