@@ -21,7 +21,9 @@ fn dialogue() -> PathBuf {
 
 fn chromium() -> PathBuf {
     if let Some(path) = std::env::var_os("CHROMIUM") {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "CHROMIUM={} is not a file", path.display());
+        return path;
     }
     for name in ["chromium", "chromium-browser", "google-chrome"] {
         let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())

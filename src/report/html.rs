@@ -659,7 +659,7 @@ td,th{padding:.25em .6em;text-align:left;vertical-align:top;border-bottom:1px so
 .transcript th{color:color-mix(in srgb,var(--role) 55%,#000);white-space:nowrap}\
 .time{color:#888;font-variant-numeric:tabular-nums;white-space:nowrap}\
 .player audio{width:100%;max-width:600px;display:block}\
-.hint,.note,.meta{color:#666}.error{color:#b00}";
+.hint,.note,.meta{color:#666}.error{color:#b00}code{white-space:nowrap}";
 
 /// Seeks the player to a clicked transcript row (`data-t`) or timeline point (via
 /// `data-duration`), moves the playhead and marks the row being heard. Reads no page text.
