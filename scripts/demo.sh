@@ -4,7 +4,7 @@
 # decode, speech map, speaker timeline (GE2E embeddings), single-speaker pieces, their words (from
 # the Whisper reply committed beside it), turns and roles,
 # metrics, and the Gemini analysis when GOOGLE_API_KEY is set — and writes demo/result.json and
-# demo/report.html.
+# demo/report.html (with the audio it plays, demo/report.audio.wav).
 #
 #   scripts/demo.sh [RECORDING] [--language xx]     (default: the committed dialogue, en)
 set -euo pipefail

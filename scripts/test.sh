@@ -10,6 +10,8 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 # Integration tests start their own servers from Debian's packages on free loopback ports.
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# tests/report.rs opens the HTML report in headless Chromium (and fails without it).
+command -v chromium >/dev/null || [ -n "${CHROMIUM:-}" ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -24,6 +26,7 @@ cargo clippy --all-targets --locked -- -D warnings
 SPEAKER_MODEL_PATH="$(scripts/fetch-speaker-model.sh)"
 export SPEAKER_MODEL_PATH
 cargo test --locked --all-targets
+echo "screenshot of the HTML report: target/tmp/report/report.png"
 
 # Deployment: hadolint + the invariants between Dockerfile, fly.toml, the autoscaler and the
 # code; then the very build the Dockerfile runs (no Docker engine needed).

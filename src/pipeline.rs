@@ -161,6 +161,9 @@ pub struct PipelineOptions {
     pub transcribe_concurrency: usize,
     /// Parent of the per-job temp directory (the system temp dir by default).
     pub work_root: PathBuf,
+    /// Keep a copy of the 16 kHz mono WAV the stages worked on here (replay's HTML report plays
+    /// it); `None`: it goes with the temp directory.
+    pub keep_audio: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PipelineOptions {
@@ -175,6 +178,7 @@ impl std::fmt::Debug for PipelineOptions {
             .field("pieces", &self.pieces)
             .field("transcribe_concurrency", &self.transcribe_concurrency)
             .field("work_root", &self.work_root)
+            .field("keep_audio", &self.keep_audio)
             .finish()
     }
 }
@@ -188,6 +192,7 @@ impl Default for PipelineOptions {
             pieces: PieceOptions::default(),
             transcribe_concurrency: 4,
             work_root: std::env::temp_dir(),
+            keep_audio: None,
         }
     }
 }
@@ -391,6 +396,20 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
             }
         }
     };
+
+    if let Some(dest) = opts.keep_audio.clone() {
+        // Last, so a failed job leaves no audio behind.
+        // Copied by content: the temp file's owner-only mode would stick with `fs::copy`.
+        blocking(move || {
+            let mut from = std::fs::File::open(&pcm)
+                .map_err(|e| Error::io(format!("cannot read {}", pcm.display()), e))?;
+            std::fs::File::create(&dest)
+                .and_then(|mut to| std::io::copy(&mut from, &mut to))
+                .map(drop)
+                .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))
+        })
+        .await?;
+    }
 
     Ok(JobResult {
         session_id: job.session_id.clone(),

@@ -157,7 +157,12 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         language: args.language.clone(),
         keywords: Vec::new(),
     };
-    let result = pipeline::run(&job, &ports, &PipelineOptions::default()).await;
+    let options = PipelineOptions {
+        // The report's player plays the 16 kHz audio the stages used, kept beside the report.
+        keep_audio: args.report.as_deref().map(crate::report::audio_beside),
+        ..PipelineOptions::default()
+    };
+    let result = pipeline::run(&job, &ports, &options).await;
     progress.finish();
     let result = result?;
 
@@ -167,7 +172,11 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
             .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()))?,
     )?;
     if let Some(report) = &args.report {
-        write_file(report, crate::report::html::render(&result).as_bytes())?;
+        let page = crate::report::Page::beside(report, &args.input);
+        write_file(
+            report,
+            crate::report::html::render(&result, &page).as_bytes(),
+        )?;
     }
     print!("{}", summary(&result, &args));
     match (&result.analysis_status, &result.analysis_error) {

@@ -278,7 +278,7 @@ fn replay_writes_the_result_and_a_self_contained_report() {
     assert!(html.contains("What would you like to focus on today?"));
     assert!(html.contains("<svg") && html.contains("class=\"coach\""));
     assert!(
-        !html.contains("http://") && !html.contains("https://") && !html.contains("<script"),
+        !html.contains("http://") && !html.contains("https://") && !html.contains("<script src"),
         "self-contained"
     );
 }
