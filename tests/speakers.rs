@@ -252,6 +252,19 @@ async fn mbrola_conversations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flite_conversations() {
+    // another synthesiser, never tuned on: clearly different, similar (awb / rms) and one voice
+    // three semitones apart (flite-3)
+    check_set(
+        "flite conversations",
+        "conversations",
+        "flite-",
+        limits(0.15, 0.85, 0.95, 0),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_jtalk_clearly_different_voices() {
     // the targets
     check_set(
