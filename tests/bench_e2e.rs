@@ -679,6 +679,11 @@ async fn run_once(
         .env("METRICS_PORT", free_port().to_string())
         .env("TRANSCRIBE_CONCURRENCY", concurrency.to_string())
         .env("EXIT_WHEN_IDLE", "1s")
+        // env_clear() took HOME, so the worker would miss the model at its default path.
+        .env(
+            "SPEAKER_MODEL_PATH",
+            audio_worker::speakers::embed::default_model_path(),
+        )
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(stack.dir.path().join(format!("{name}.err"))).unwrap());
