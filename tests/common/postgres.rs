@@ -207,6 +207,16 @@ impl Postgres {
         false
     }
 
+    /// The postmaster's process id, while it runs (for tests that check it is stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The temp directory holding the data directory, the socket and the log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The connection string for `dbname`.
     pub fn url(&self, dbname: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{dbname}", self.port)

@@ -291,13 +291,14 @@ impl PostgrestOnPostgres {
     /// for long benchmarks, whose bodies would pile up in the test process.
     pub async fn start_with(service_key: &str, record: bool) -> PostgrestOnPostgres {
         let pg = Arc::new(tokio::task::spawn_blocking(migrated).await.unwrap());
+        // Never wiremock's pooled `MockServer::start()`: a pooled server keeps its mocks (and
+        // with them the responder's `Arc<Postgres>`) in a static pool after the test, so the
+        // cluster was never dropped and its postmaster outlived the test process.
+        let builder = MockServer::builder();
         let server = if record {
-            MockServer::start().await
+            builder.start().await
         } else {
-            MockServer::builder()
-                .disable_request_recording()
-                .start()
-                .await
+            builder.disable_request_recording().start().await
         };
         let faults = Arc::new(Mutex::new(Faults::default()));
         Mock::given(any())
