@@ -358,3 +358,39 @@ pub fn summary(r: &JobResult, args: &ReplayArgs) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TerminalLanguage::{English, Japanese};
+
+    /// The terminal says what replay does (a local file is read, a skipped analysis is skipped)
+    /// in the user's language; the browser's Japanese messages are untouched.
+    #[test]
+    fn the_terminal_speaks_its_language_and_says_what_happens() {
+        let en = |s| terminal_message(s, English, false).unwrap();
+        assert_eq!(en(Stage::Downloading), "Reading the recording...");
+        assert!(en(Stage::Analyzing).starts_with("Skipping the analysis"));
+        assert_eq!(
+            terminal_message(Stage::Downloading, Japanese, false),
+            Some("音声ファイルを読み込み中...")
+        );
+        assert_eq!(
+            terminal_message(Stage::Analyzing, Japanese, true),
+            Some(Stage::Analyzing.message())
+        );
+        assert_eq!(terminal_message(Stage::Error, English, true), None);
+        assert_eq!(
+            Stage::Downloading.message(),
+            "音声ファイルをダウンロード中..."
+        );
+    }
+
+    #[test]
+    fn whisper_language_names_become_iso_codes() {
+        assert_eq!(iso_639_1("english").as_deref(), Some("en"));
+        assert_eq!(iso_639_1("Japanese").as_deref(), Some("ja"));
+        assert_eq!(iso_639_1("en").as_deref(), Some("en"));
+        assert_eq!(iso_639_1("klingon"), None);
+    }
+}
