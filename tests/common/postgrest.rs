@@ -281,6 +281,15 @@ fn error(status: u16, code: &str, message: &str) -> ResponseTemplate {
         .set_body_json(json!({"code": code, "message": message, "details": null, "hint": null}))
 }
 
+/// The cluster stops with the fake, in the test's own thread: the mock server's task drops its
+/// mocks (and their `Arc<Postgres>`) only when it sees the shutdown, which the end of a test
+/// binary can cut short, leaving the data directory behind.
+impl Drop for PostgrestOnPostgres {
+    fn drop(&mut self) {
+        self.pg.shutdown();
+    }
+}
+
 impl PostgrestOnPostgres {
     /// A migrated cluster and the fake in front of it, accepting `service_key`.
     pub async fn start(service_key: &str) -> PostgrestOnPostgres {
