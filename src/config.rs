@@ -67,6 +67,16 @@ pub fn tls_ca_problem(path: &std::path::Path) -> Option<String> {
 pub const DEFAULT_JOB_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MAX_AUDIO_MB: u64 = 2048;
 
+/// The S3 variables the README marks required (`fly storage create` sets them for Tigris).
+const S3_VARIABLES: [(&str, &str); 3] = [
+    (
+        "AWS_ENDPOINT_URL_S3",
+        "the S3 endpoint, e.g. https://fly.storage.tigris.dev",
+    ),
+    ("AWS_ACCESS_KEY_ID", "the S3 access key"),
+    ("AWS_SECRET_ACCESS_KEY", "the S3 secret key"),
+];
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config> {
@@ -90,10 +100,15 @@ impl Config {
         };
         let redis_url = require(
             "REDIS_URL",
-            "redis://[:password@]host:port of the job queue",
+            "the job queue, redis://host:port or rediss:// (TLS)",
         );
         let supabase_url = require("SUPABASE_URL", "the project URL, https://<ref>.supabase.co");
         let service_key = require("SUPABASE_SERVICE_KEY", "the service-role key");
+        // Read by aws-config's chain, not by us; named here so a missing one is reported with the
+        // rest at start instead of as an unreachable bucket at the first job.
+        for (name, why) in S3_VARIABLES {
+            require(name, why);
+        }
         if get("OPENAI_API_KEY").is_none() {
             problems.push("OPENAI_API_KEY is not set (Whisper transcription)".into());
         }
@@ -372,6 +387,9 @@ mod tests {
         ("OPENAI_API_KEY", "sk-openai-xyz"),
         ("GOOGLE_API_KEY", "google-key-xyz"),
         ("BUCKET_NAME", "recordings"),
+        ("AWS_ENDPOINT_URL_S3", "https://fly.storage.tigris.dev"),
+        ("AWS_ACCESS_KEY_ID", "tid_xyz"),
+        ("AWS_SECRET_ACCESS_KEY", "tsec_xyz"),
         ("JOB_SIGNING_SECRET", "signing-secret-xyz"),
         ("FLY_MACHINE_ID", "e784079b"),
     ];
@@ -432,6 +450,9 @@ mod tests {
             "OPENAI_API_KEY",
             "GOOGLE_API_KEY",
             "BUCKET_NAME",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
             "WORKER_CONCURRENCY=\"zero\"",
             "EXIT_WHEN_IDLE=\"soon\"",
             "EXPECTED_SPEAKERS=\"3\"",

@@ -234,75 +234,217 @@ pub fn readiness_probes(services: &Arc<Services>) -> Vec<Arc<dyn Probe>> {
     vec![Arc::new(redis), Arc::new(s3), Arc::new(supabase)]
 }
 
-/// A GET that must answer 2xx, for the model probes of `check`.
-fn http_probe(name: &'static str, url: String, header: (&'static str, String)) -> Arc<dyn Probe> {
+/// A GET that must answer 2xx, for the HTTP dependencies `check` probes. An HTTP answer that
+/// refuses us (a 4xx other than 408/429: key, model or project wrong) is CONFIG_MISSING, the
+/// caller's to fix; no connection, a timeout or a 5xx is `unreachable`, worth retrying later.
+fn http_probe(
+    name: &'static str,
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    unreachable: ErrorCode,
+) -> Arc<dyn Probe> {
     Arc::new(FnProbe(name, move || -> BoxFuture<'static, Result<()>> {
-        let (url, header) = (url.clone(), header.clone());
+        let (url, headers) = (url.clone(), headers.clone());
         Box::pin(async move {
-            let response = reqwest::Client::new()
+            let shown = crate::error::redact_url(&url);
+            let mut request = reqwest::Client::new()
                 .get(&url)
-                .header(header.0, header.1)
-                .timeout(server::PROBE_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| Error::new(ErrorCode::Internal, format!("{url}: {e}")))?;
+                .timeout(server::PROBE_TIMEOUT);
+            for (header, value) in headers {
+                request = request.header(header, value);
+            }
+            let response = request.send().await.map_err(|e| {
+                Error::new(
+                    unreachable,
+                    format!(
+                        "{shown} is not reachable: {}",
+                        crate::error::chain(&e.without_url())
+                    ),
+                )
+            })?;
             let status = response.status();
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(Error::new(
-                    ErrorCode::Internal,
-                    format!("{url} answered {status}"),
-                ))
+            let refused = status.is_client_error() && !matches!(status.as_u16(), 408 | 429);
+            match (status.is_success(), refused) {
+                (true, _) => Ok(()),
+                (false, true) => Err(Error::new(
+                    ErrorCode::ConfigMissing,
+                    format!("{shown} refused us: HTTP {status}"),
+                )),
+                (false, false) => Err(Error::new(
+                    unreachable,
+                    format!("{shown} answered HTTP {status}"),
+                )),
             }
         })
     }))
 }
 
+/// Every dependency `check` probes, built from the configuration alone: no connection is made
+/// before the probes run, so one that is down does not hide the others.
+async fn check_probes(config: &Config) -> Vec<Arc<dyn Probe>> {
+    let queue_config = config.queue.clone();
+    let redis = FnProbe("redis", move || -> BoxFuture<'static, Result<()>> {
+        let cfg = queue_config.clone();
+        Box::pin(async move {
+            let queue = Queue::connect(cfg).await.map_err(unreachable_queue)?;
+            queue.depth().await.map(drop).map_err(unreachable_queue)
+        })
+    });
+    // One attempt: the SDK's retry loop would outlast the probe's 3 s and hide the reason.
+    let s3 = storage::client_from_env().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        s3.config()
+            .to_builder()
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .build(),
+    );
+    let bucket = config.storage.bucket.clone();
+    let s3 = FnProbe("s3", move || -> BoxFuture<'static, Result<()>> {
+        let (s3, bucket) = (s3.clone(), bucket.clone());
+        Box::pin(async move { storage::probe_bucket(&s3, &bucket).await })
+    });
+    let sb = &config.supabase;
+    let mut supabase_headers = vec![("apikey", sb.service_key.clone())];
+    if !sb.service_key.starts_with("sb_") {
+        supabase_headers.push(("authorization", format!("Bearer {}", sb.service_key)));
+    }
+    let openai = &config.openai;
+    let mut probes: Vec<Arc<dyn Probe>> = vec![
+        Arc::new(redis),
+        Arc::new(s3),
+        http_probe(
+            "supabase",
+            format!(
+                "{}/rest/v1/{}?select=session_id&limit=1",
+                sb.url.trim_end_matches('/'),
+                crate::supabase::JOBS_TABLE
+            ),
+            supabase_headers,
+            ErrorCode::SupabaseWriteFailed,
+        ),
+        http_probe(
+            "whisper model",
+            format!(
+                "{}/models/{}",
+                openai.base_url.trim_end_matches('/'),
+                openai.model
+            ),
+            vec![("authorization", format!("Bearer {}", openai.api_key))],
+            ErrorCode::WhisperFailed,
+        ),
+    ];
+    if let Some(g) = &config.gemini {
+        probes.push(http_probe(
+            "gemini model",
+            format!("{}/v1beta/models/{}", g.base_url, g.model),
+            vec![("x-goog-api-key", g.api_key.clone())],
+            ErrorCode::GeminiFailed,
+        ));
+    }
+    probes
+}
+
+/// Redis not answering is QUEUE_UNAVAILABLE (retry later), not an internal error; a bad
+/// REDIS_URL stays CONFIG_MISSING.
+fn unreachable_queue(e: Error) -> Error {
+    match e.code {
+        ErrorCode::ConfigMissing => e,
+        _ => Error {
+            code: ErrorCode::QueueUnavailable,
+            ..e
+        },
+    }
+}
+
+/// One line per dependency: name, status, latency and the failure's message on one line.
+fn check_line(c: &server::CheckReport) -> String {
+    let message = c
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message
+        .strip_prefix(&format!(
+            "error[{}]: ",
+            c.code.map(|k| k.to_string()).unwrap_or_default()
+        ))
+        .unwrap_or(&message)
+        .to_string();
+    format!(
+        "  {:<16} {:<9} {:>5} ms  {}",
+        c.name,
+        format!("{:?}", c.status).to_lowercase(),
+        c.latency_ms,
+        crate::error::brief(&message, 200)
+    )
+    .trim_end()
+    .to_string()
+}
+
+/// The error `check` ends with: when anything could not be reached, the first such
+/// dependency's retryable code (exit 75: try again once it is up); when every failing
+/// dependency answered and refused us, CONFIG_MISSING (exit 1: fix the configuration).
+fn check_failure(checks: &[server::CheckReport]) -> Option<Error> {
+    let failed: Vec<_> = checks
+        .iter()
+        .filter(|c| c.status == server::Health::Unhealthy)
+        .collect();
+    let names =
+        |list: &[&server::CheckReport]| list.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
+    let unreachable: Vec<_> = failed
+        .iter()
+        .copied()
+        .filter(|c| c.code.is_none_or(ErrorCode::is_retryable))
+        .collect();
+    if let Some(first) = unreachable.first() {
+        let code = first.code.unwrap_or_else(|| unreachable_code(first.name));
+        return Some(Error::new(
+            code,
+            format!(
+                "cannot reach {} (see above); try again once it is up",
+                names(&unreachable)
+            ),
+        ));
+    }
+    (!failed.is_empty()).then(|| {
+        Error::new(
+            ErrorCode::ConfigMissing,
+            format!(
+                "{} refused our configuration or credentials (see above)",
+                names(&failed)
+            ),
+        )
+    })
+}
+
+/// The retryable code of a dependency that did not answer in time.
+fn unreachable_code(name: &str) -> ErrorCode {
+    match name {
+        "redis" => ErrorCode::QueueUnavailable,
+        "s3" => ErrorCode::StorageDownloadFailed,
+        "supabase" => ErrorCode::SupabaseWriteFailed,
+        "gemini model" => ErrorCode::GeminiFailed,
+        _ => ErrorCode::WhisperFailed,
+    }
+}
+
 /// `audio-worker check`: prints the configuration (secrets redacted) and probes every
-/// dependency, including the configured Whisper and Gemini models. Fails if any is unhealthy.
+/// dependency, including the configured Whisper and Gemini models, all of them even when one is
+/// down. Fails if any is unhealthy.
 pub async fn check(config: Config) -> Result<()> {
     println!("configuration:");
     for (name, value) in config.describe() {
         println!("  {name:<24} {value}");
     }
-    let queue = Queue::connect(config.queue.clone()).await?;
-    let services = Arc::new(services(&config, queue).await?);
-    let mut probes = readiness_probes(&services);
-    let openai = &config.openai;
-    probes.push(http_probe(
-        "whisper model",
-        format!(
-            "{}/models/{}",
-            openai.base_url.trim_end_matches('/'),
-            openai.model
-        ),
-        ("authorization", format!("Bearer {}", openai.api_key)),
-    ));
-    if let Some(g) = &config.gemini {
-        probes.push(http_probe(
-            "gemini model",
-            format!("{}/v1beta/models/{}", g.base_url, g.model),
-            ("x-goog-api-key", g.api_key.clone()),
-        ));
-    }
-    let readiness = server::check_all(&probes).await;
-    let _ = std::fs::remove_dir_all(&services.pipeline.work_root);
+    let readiness = server::check_all(&check_probes(&config).await).await;
     println!("dependencies:");
     for c in &readiness.checks {
-        println!(
-            "  {:<24} {:<9} {:>5} ms {}",
-            c.name,
-            format!("{:?}", c.status).to_lowercase(),
-            c.latency_ms,
-            c.error.as_deref().unwrap_or("")
-        );
+        println!("{}", check_line(c));
     }
-    if readiness.status == server::Health::Unhealthy {
-        return Err(Error::new(
-            ErrorCode::ConfigMissing,
-            "a dependency is unreachable or refuses our credentials (see above)",
-        ));
+    match check_failure(&readiness.checks) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }

@@ -337,6 +337,22 @@ fn looks_like_secret(run: &str) -> bool {
         && run.bytes().any(|b| b.is_ascii_digit())
 }
 
+/// An error and its sources as one line, "outer: inner: root", each distinct message once.
+/// For people: SDK errors' `Debug` (what `DisplayErrorContext` appends) nests struct dumps such
+/// as `DispatchFailure(DispatchFailure { source: ConnectorError …`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
 /// The message of a caught panic, for the error that replaces it.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

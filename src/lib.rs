@@ -21,6 +21,7 @@ pub mod storage;
 pub mod supabase;
 pub mod telemetry;
 pub mod transcribe;
+pub mod usage;
 pub mod worker;
 
 pub use error::{Error, ErrorCode, Result};

@@ -9,6 +9,7 @@ use audio_worker::audio::{self, PrepareOptions};
 use audio_worker::config::Config;
 use audio_worker::job::{self, Job};
 use audio_worker::queue::{Queue, QueueConfig};
+use audio_worker::usage::{self, UsageError};
 use audio_worker::{Error, ErrorCode};
 use audio_worker::{daemon, replay, server, telemetry};
 
@@ -35,23 +36,28 @@ enum Command {
         /// Also write the whole normalised recording as audio16k.wav.
         #[arg(long)]
         pcm: bool,
-        /// Longest chunk in seconds (each file also stays under 24 MiB).
-        #[arg(long, default_value_t = 600.0)]
+        /// Longest chunk in seconds, at least 1 (each file also stays under 24 MiB).
+        #[arg(long, default_value_t = 600.0, allow_hyphen_values = true,
+              value_parser = usage::chunk_seconds)]
         max_chunk_s: f64,
-        /// Speech level to normalise to, in dBFS.
-        #[arg(long, default_value_t = -20.0, allow_hyphen_values = true)]
+        /// Speech level to normalise to, in dBFS (-60 to 0).
+        #[arg(long, default_value_t = -20.0, allow_hyphen_values = true,
+              value_parser = usage::target_dbfs)]
         target_dbfs: f32,
         /// Longest recording accepted, in seconds.
-        #[arg(long, default_value_t = 4.0 * 3600.0)]
+        #[arg(long, default_value_t = 4.0 * 3600.0, allow_hyphen_values = true,
+              value_parser = usage::positive_seconds)]
         max_duration_s: f64,
         /// Largest input accepted, in megabytes.
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = 2048, allow_hyphen_values = true,
+              value_parser = usage::at_least_one)]
         max_input_mb: u64,
         /// Opus decoder threads (default: the number of cores, at most 4).
-        #[arg(long)]
-        threads: Option<usize>,
+        #[arg(long, allow_hyphen_values = true, value_parser = usage::at_least_one)]
+        threads: Option<u64>,
         /// Rate libopus renders at: 16000 (direct, the default) or 48000 (then resampled).
-        #[arg(long, default_value_t = audio_worker::audio::decode::OPUS_RATE_DEFAULT)]
+        #[arg(long, default_value_t = audio_worker::audio::decode::OPUS_RATE_DEFAULT,
+              value_parser = usage::opus_rate)]
         opus_rate: u32,
     },
     /// Run the whole pipeline on a local recording: prepare, transcribe, diarise, measure, analyse.
@@ -68,9 +74,9 @@ enum Command {
         /// Also write a self-contained HTML report here.
         #[arg(long)]
         report: Option<PathBuf>,
-        /// Language of the session (ISO-639-1).
-        #[arg(long, default_value = "ja")]
-        language: String,
+        /// Language of the session (ISO-639-1; default: the transcript's, else ja).
+        #[arg(long)]
+        language: Option<String>,
         /// Skip the analysis even when GOOGLE_API_KEY is set.
         #[arg(long)]
         no_analysis: bool,
@@ -143,6 +149,10 @@ fn main() -> ExitCode {
     // would print a second, unstructured report.
     std::panic::set_hook(Box::new(|_| {}));
     let cli = Cli::parse();
+    if let Err(mistake) = check_usage(&cli.command) {
+        eprintln!("{mistake}");
+        return ExitCode::from(usage::EXIT_USAGE);
+    }
     let outcome = std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|panic| {
         let what = audio_worker::error::panic_message(panic.as_ref());
         Err(Error::new(
@@ -271,7 +281,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             opts.decode.max_input_bytes = max_input_mb.saturating_mul(1_000_000);
             opts.decode.opus_rate = opus_rate;
             if let Some(t) = threads {
-                opts.decode.threads = t.max(1);
+                opts.decode.threads = usize::try_from(t).unwrap_or(usize::MAX);
             }
             let manifest = audio::prepare(&input, &out, &opts)?;
             println!(
@@ -287,6 +297,39 @@ fn run(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
+    }
+}
+
+/// The paths a command reads and writes, checked before it starts: a mistake there is the
+/// caller's (exit 2), and `replay` would otherwise find an unwritable `--out` only after the
+/// whole pipeline ran. Numbers are checked by clap's value parsers ([`usage`]).
+fn check_usage(command: &Command) -> Result<(), UsageError> {
+    match command {
+        Command::Prepare { input, out, .. } => {
+            usage::readable_file("INPUT", input)?;
+            usage::output_dir("--out", out)
+        }
+        Command::Replay {
+            input,
+            transcript,
+            out,
+            report,
+            ..
+        } => {
+            usage::readable_file("INPUT", input)?;
+            if let Some(t) = transcript {
+                usage::readable_file("--transcript", t)?;
+            }
+            usage::writable_file("--out", out)?;
+            match report {
+                Some(r) => usage::writable_file("--report", r),
+                None => Ok(()),
+            }
+        }
+        Command::ValidateJob { input } if input.as_os_str() != "-" => {
+            usage::readable_file("job file", input)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! Audio comes from a local file, the transcript from a sidecar `verbose_json` file (or OpenAI
 //! when a key is set), the analysis from Gemini when a key is set, and progress goes to the
-//! terminal: a progress bar on a TTY, plain lines otherwise.
+//! terminal: a progress bar on a TTY, plain lines otherwise. The terminal speaks the user's
+//! language (`LC_ALL`/`LC_MESSAGES`/`LANG`: Japanese for `ja*`, else English); the Japanese
+//! messages of the stages are the browser's (Supabase rows) and stay as they are.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use crate::analysis::gemini::{GeminiAnalyzer, GeminiConfig};
 use crate::error::{Error, ErrorCode, Result};
 use crate::pipeline::{
     self, AnalysisStatus, AudioSource, JobResult, PipelineJob, PipelineOptions, Ports, Progress,
-    ProgressSink,
+    ProgressSink, Stage,
 };
 use crate::transcribe::Transcriber;
 use crate::transcribe::openai::{OpenAiConfig, OpenAiTranscriber};
@@ -44,14 +46,71 @@ impl AudioSource for LocalFile {
     }
 }
 
+/// The language of the terminal's progress lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TerminalLanguage {
+    English,
+    Japanese,
+}
+
+impl TerminalLanguage {
+    /// From the locale variables in POSIX order (the first one set wins): Japanese for `ja*`.
+    pub fn from_env() -> TerminalLanguage {
+        let locale = ["LC_ALL", "LC_MESSAGES", "LANG"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|l| !l.is_empty()))
+            .unwrap_or_default();
+        if locale.starts_with("ja") {
+            TerminalLanguage::Japanese
+        } else {
+            TerminalLanguage::English
+        }
+    }
+}
+
+/// What a stage is called on replay's terminal: the local file is read, not downloaded, and a
+/// skipped analysis says so instead of claiming to analyse. `None` for the error report, which
+/// the command prints once itself as `error[CODE]: …`.
+pub fn terminal_message(
+    stage: Stage,
+    lang: TerminalLanguage,
+    analysis: bool,
+) -> Option<&'static str> {
+    use TerminalLanguage::{English as En, Japanese as Ja};
+    Some(match (stage, lang) {
+        (Stage::Error, _) => return None,
+        (Stage::Queued, En) => "Waiting...",
+        (Stage::Queued, Ja) => "待機中...",
+        (Stage::Downloading, En) => "Reading the recording...",
+        (Stage::Downloading, Ja) => "音声ファイルを読み込み中...",
+        (Stage::Preprocessing, En) => "Decoding and preparing the audio...",
+        (Stage::Preprocessing, Ja) => "音声ファイルを前処理中...",
+        (Stage::Transcribing, En) => "Transcribing...",
+        (Stage::Transcribing, Ja) => "音声を文字に変換中...",
+        (Stage::Diarization, En) => "Telling the speakers apart...",
+        (Stage::Diarization, Ja) => "話者を識別中...",
+        (Stage::Analyzing, En) if analysis => "Analysing the conversation (Gemini)...",
+        (Stage::Analyzing, Ja) if analysis => "AIが会話を分析中...",
+        (Stage::Analyzing, En) => "Skipping the analysis (no GOOGLE_API_KEY, or --no-analysis)",
+        (Stage::Analyzing, Ja) => "分析は行いません (GOOGLE_API_KEY なし、または --no-analysis)",
+        (Stage::Saving, En) => "Writing the result...",
+        (Stage::Saving, Ja) => "結果を保存中...",
+        (Stage::Completed, En) => "Done.",
+        (Stage::Completed, Ja) => "完了",
+    })
+}
+
 /// Progress on the terminal (stderr, so stdout stays for the summary).
 pub struct TerminalProgress {
     bar: Option<ProgressBar>,
-    last_stage: Mutex<Option<crate::pipeline::Stage>>,
+    last_stage: Mutex<Option<Stage>>,
+    language: TerminalLanguage,
+    analysis: bool,
 }
 
 impl TerminalProgress {
-    pub fn new() -> TerminalProgress {
+    /// Progress in `language`; `analysis`: whether an analyzer will run.
+    pub fn new(language: TerminalLanguage, analysis: bool) -> TerminalProgress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(100);
             bar.set_style(
@@ -64,6 +123,8 @@ impl TerminalProgress {
         TerminalProgress {
             bar,
             last_stage: Mutex::new(None),
+            language,
+            analysis,
         }
     }
 
@@ -74,25 +135,22 @@ impl TerminalProgress {
     }
 }
 
-impl Default for TerminalProgress {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ProgressSink for TerminalProgress {
     fn report<'a>(&'a self, p: Progress) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let Some(message) = terminal_message(p.stage, self.language, self.analysis) else {
+                return Ok(());
+            };
             match &self.bar {
                 Some(bar) => {
                     bar.set_position(u64::from(p.percent));
-                    bar.set_message(p.message.clone());
+                    bar.set_message(message);
                 }
                 None => {
                     // Plain lines: one per stage, plus each transcription step.
                     let mut last = self.last_stage.lock().expect("not poisoned");
-                    if *last != Some(p.stage) || p.stage == crate::pipeline::Stage::Transcribing {
-                        eprintln!("[{:>3}%] {}", p.percent, p.message);
+                    if *last != Some(p.stage) || p.stage == Stage::Transcribing {
+                        eprintln!("[{:>3}%] {message}", p.percent);
                         *last = Some(p.stage);
                     }
                 }
@@ -102,18 +160,72 @@ impl ProgressSink for TerminalProgress {
     }
 }
 
+/// Where replay's words come from, and the language the transcript names (if it does).
+pub struct ChosenTranscriber {
+    pub transcriber: Arc<dyn Transcriber>,
+    /// ISO-639-1, from a transcript file's `language` ("english" → "en").
+    pub language: Option<String>,
+}
+
+/// A transcript file the user pointed at. A file that is not `verbose_json` is the user's to
+/// fix, not a Whisper outage to retry later: CONFIG_MISSING (exit 1), naming the file.
+fn open_sidecar(path: &Path) -> Result<ChosenTranscriber> {
+    let sidecar = SidecarTranscriber::open(path).map_err(|e| Error {
+        code: ErrorCode::ConfigMissing,
+        message: format!("the transcript is not usable: {}", e.message),
+    })?;
+    Ok(ChosenTranscriber {
+        language: sidecar.language().and_then(iso_639_1),
+        transcriber: Arc::new(sidecar),
+    })
+}
+
+/// Whisper's `verbose_json` names the language in English ("japanese"); the result, the
+/// analysis prompt and the transcription requests use ISO-639-1 codes.
+pub fn iso_639_1(name: &str) -> Option<String> {
+    const NAMES: [(&str, &str); 16] = [
+        ("english", "en"),
+        ("japanese", "ja"),
+        ("chinese", "zh"),
+        ("korean", "ko"),
+        ("spanish", "es"),
+        ("french", "fr"),
+        ("german", "de"),
+        ("italian", "it"),
+        ("portuguese", "pt"),
+        ("russian", "ru"),
+        ("dutch", "nl"),
+        ("vietnamese", "vi"),
+        ("thai", "th"),
+        ("indonesian", "id"),
+        ("hindi", "hi"),
+        ("arabic", "ar"),
+    ];
+    let name = name.trim().to_ascii_lowercase();
+    if name.len() == 2 && name.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Some(name);
+    }
+    NAMES
+        .iter()
+        .find(|(full, _)| *full == name)
+        .map(|(_, code)| code.to_string())
+}
+
 /// The transcriber replay uses: an explicit `--transcript`, else `<stem>.transcript.json` beside
 /// the input, else OpenAI if `OPENAI_API_KEY` is set; otherwise a clear error naming both ways.
-pub fn choose_transcriber(input: &Path, transcript: Option<&Path>) -> Result<Arc<dyn Transcriber>> {
+pub fn choose_transcriber(input: &Path, transcript: Option<&Path>) -> Result<ChosenTranscriber> {
     if let Some(path) = transcript {
-        return Ok(Arc::new(SidecarTranscriber::open(path)?));
+        return open_sidecar(path);
     }
     let sidecar = SidecarTranscriber::default_path(input);
     if sidecar.is_file() {
-        return Ok(Arc::new(SidecarTranscriber::open(&sidecar)?));
+        return open_sidecar(&sidecar);
     }
     match OpenAiConfig::from_env()? {
-        Some(config) => Ok(Arc::new(OpenAiTranscriber::new(config)?)),
+        Some(config) => Ok(ChosenTranscriber {
+            transcriber: Arc::new(OpenAiTranscriber::new(config)?),
+            language: None,
+        }),
         None => Err(Error::new(
             ErrorCode::ConfigMissing,
             format!(
@@ -132,20 +244,35 @@ pub struct ReplayArgs {
     pub transcript: Option<PathBuf>,
     pub out: PathBuf,
     pub report: Option<PathBuf>,
-    pub language: String,
+    /// `None`: the transcript's language, else [`DEFAULT_LANGUAGE`].
+    pub language: Option<String>,
     pub no_analysis: bool,
     pub session_id: String,
 }
 
+/// The session language when neither `--language` nor the transcript names one: the product's.
+pub const DEFAULT_LANGUAGE: &str = "ja";
+
 /// Runs the pipeline on a local file, writes the result (and report), prints a summary.
 /// A failed analysis is written into the result and then reported as the command's error.
 pub async fn run(args: ReplayArgs) -> Result<()> {
-    let transcriber = choose_transcriber(&args.input, args.transcript.as_deref())?;
+    let ChosenTranscriber {
+        transcriber,
+        language: heard,
+    } = choose_transcriber(&args.input, args.transcript.as_deref())?;
+    let language = args
+        .language
+        .clone()
+        .or(heard)
+        .unwrap_or_else(|| DEFAULT_LANGUAGE.to_string());
     let analyzer: Option<Arc<dyn Analyzer>> = match (args.no_analysis, GeminiConfig::from_env()) {
         (false, Some(config)) => Some(Arc::new(GeminiAnalyzer::new(config)?)),
         _ => None,
     };
-    let progress = Arc::new(TerminalProgress::new());
+    let progress = Arc::new(TerminalProgress::new(
+        TerminalLanguage::from_env(),
+        analyzer.is_some(),
+    ));
     let ports = Ports {
         source: Arc::new(LocalFile(args.input.clone())),
         transcriber,
@@ -154,7 +281,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
     };
     let job = PipelineJob {
         session_id: args.session_id.clone(),
-        language: args.language.clone(),
+        language,
         keywords: Vec::new(),
     };
     let options = PipelineOptions {
@@ -239,4 +366,40 @@ pub fn summary(r: &JobResult, args: &ReplayArgs) -> String {
         s.push_str(&format!("{:<18} {}\n", "report", report.display()));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TerminalLanguage::{English, Japanese};
+
+    /// The terminal says what replay does (a local file is read, a skipped analysis is skipped)
+    /// in the user's language; the browser's Japanese messages are untouched.
+    #[test]
+    fn the_terminal_speaks_its_language_and_says_what_happens() {
+        let en = |s| terminal_message(s, English, false).unwrap();
+        assert_eq!(en(Stage::Downloading), "Reading the recording...");
+        assert!(en(Stage::Analyzing).starts_with("Skipping the analysis"));
+        assert_eq!(
+            terminal_message(Stage::Downloading, Japanese, false),
+            Some("音声ファイルを読み込み中...")
+        );
+        assert_eq!(
+            terminal_message(Stage::Analyzing, Japanese, true),
+            Some(Stage::Analyzing.message())
+        );
+        assert_eq!(terminal_message(Stage::Error, English, true), None);
+        assert_eq!(
+            Stage::Downloading.message(),
+            "音声ファイルをダウンロード中..."
+        );
+    }
+
+    #[test]
+    fn whisper_language_names_become_iso_codes() {
+        assert_eq!(iso_639_1("english").as_deref(), Some("en"));
+        assert_eq!(iso_639_1("Japanese").as_deref(), Some("ja"));
+        assert_eq!(iso_639_1("en").as_deref(), Some("en"));
+        assert_eq!(iso_639_1("klingon"), None);
+    }
 }

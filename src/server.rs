@@ -57,6 +57,10 @@ pub struct CheckReport {
     pub latency_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The failure's code (`None`: healthy, or no answer in time), which tells `check` whether
+    /// the dependency refused us or could not be reached.
+    #[serde(skip)]
+    pub code: Option<crate::error::ErrorCode>,
 }
 
 /// All probes and the overall status (the worst of them).
@@ -76,13 +80,14 @@ pub async fn check_all(probes: &[Arc<dyn Probe>]) -> Readiness {
                 let started = Instant::now();
                 let outcome = tokio::time::timeout(PROBE_TIMEOUT, p.probe()).await;
                 let latency = started.elapsed();
-                let (status, error) = match outcome {
-                    Ok(Ok(())) if latency > SLOW_PROBE => (Health::Degraded, None),
-                    Ok(Ok(())) => (Health::Healthy, None),
-                    Ok(Err(e)) => (Health::Unhealthy, Some(e.to_string())),
+                let (status, error, code) = match outcome {
+                    Ok(Ok(())) if latency > SLOW_PROBE => (Health::Degraded, None, None),
+                    Ok(Ok(())) => (Health::Healthy, None, None),
+                    Ok(Err(e)) => (Health::Unhealthy, Some(e.to_string()), Some(e.code)),
                     Err(_) => (
                         Health::Unhealthy,
                         Some(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+                        None,
                     ),
                 };
                 CheckReport {
@@ -90,6 +95,7 @@ pub async fn check_all(probes: &[Arc<dyn Probe>]) -> Readiness {
                     status,
                     latency_ms: latency.as_millis() as u64,
                     error,
+                    code,
                 }
             })
         })
@@ -101,6 +107,7 @@ pub async fn check_all(probes: &[Arc<dyn Probe>]) -> Readiness {
             status: Health::Unhealthy,
             latency_ms: 0,
             error: Some(format!("the probe crashed: {e}")),
+            code: None,
         }));
     }
     let status = checks
@@ -141,6 +148,7 @@ fn starting() -> Readiness {
             status: Health::Unhealthy,
             latency_ms: 0,
             error: Some("starting: Redis is not reachable yet".into()),
+            code: None,
         }],
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::head_bucket::HeadBucketError;
 use tokio::io::AsyncWriteExt;
 
 use crate::BoxFuture;
@@ -96,15 +97,38 @@ pub async fn probe_bucket(client: &Client, bucket: &str) -> Result<()> {
         .send()
         .await
         .map(drop)
-        .map_err(|e| {
-            Error::new(
-                ErrorCode::StorageDownloadFailed,
-                format!(
-                    "bucket {bucket:?} is not reachable: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                ),
-            )
-        })
+        .map_err(|e| bucket_error(bucket, &e))
+}
+
+/// A failed HeadBucket as one readable line: 403 and 404 are answers (wrong credentials or
+/// bucket: permanent), anything else means the storage could not be reached (retryable).
+fn bucket_error(
+    bucket: &str,
+    e: &SdkError<HeadBucketError, aws_sdk_s3::config::http::HttpResponse>,
+) -> Error {
+    match e.raw_response().map(|r| r.status().as_u16()) {
+        Some(403) => Error::new(
+            ErrorCode::StorageAccessDenied,
+            format!(
+                "bucket {bucket:?}: access denied (HTTP 403): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ),
+        ),
+        Some(404) => Error::new(
+            ErrorCode::StorageNotFound,
+            format!("bucket {bucket:?} does not exist (HTTP 404): check BUCKET_NAME"),
+        ),
+        Some(status) => Error::new(
+            ErrorCode::StorageDownloadFailed,
+            format!("bucket {bucket:?}: the storage answered HTTP {status}"),
+        ),
+        None => Error::new(
+            ErrorCode::StorageDownloadFailed,
+            format!(
+                "bucket {bucket:?} is not reachable: {}",
+                crate::error::chain(e)
+            ),
+        ),
+    }
 }
 
 /// One object to download.

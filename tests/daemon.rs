@@ -393,6 +393,45 @@ async fn check_prints_the_redacted_configuration_and_probes_every_dependency() {
     assert!(walk(&stack.dir.path().join("check-work")).is_empty());
 }
 
+/// Issue 17, item 8: with Redis and S3 down, `check` still probes every dependency, prints one
+/// readable line each (no SDK struct dumps), and ends with a retryable code (exit 75), not
+/// CONFIG_MISSING: a refused connection is an outage, not a configuration mistake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_probes_every_dependency_when_redis_and_s3_are_down() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let redis_url = format!("redis://127.0.0.1:{closed_port}");
+    let s3_url = format!("http://127.0.0.1:{closed_port}");
+    let out = command(
+        &stack,
+        &["check"],
+        &[("REDIS_URL", &redis_url), ("AWS_ENDPOINT_URL_S3", &s3_url)],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(75), "{stdout}{stderr}");
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in\n{stdout}"))
+            .to_string()
+    };
+    for down in ["redis", "s3"] {
+        let l = line(down);
+        assert!(l.contains("unhealthy") && l.contains("refused"), "{l}");
+        assert!(!l.contains('{') && !l.contains("DispatchFailure("), "{l}");
+    }
+    for up in ["supabase", "whisper model", "gemini model"] {
+        let l = line(up);
+        assert!(l.contains(" healthy"), "{l}");
+    }
+    assert!(stderr.starts_with("error[QUEUE_UNAVAILABLE]: "), "{stderr}");
+    assert!(stderr.contains("redis, s3"), "{stderr}");
+}
+
 #[test]
 fn run_without_configuration_names_every_missing_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_audio-worker"))
@@ -411,6 +450,9 @@ fn run_without_configuration_names_every_missing_variable() {
         "OPENAI_API_KEY",
         "GOOGLE_API_KEY",
         "BUCKET_NAME",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
         "WORKER_CONCURRENCY",
     ] {
         assert!(stderr.contains(name), "{name} not named: {stderr}");

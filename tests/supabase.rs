@@ -26,7 +26,8 @@ use audio_worker::supabase::{
     JobState, JobStatus, NewJob, SupabaseClient, SupabaseConfig, SupabaseProgress,
 };
 use common::postgrest::{
-    Received, execute_like_postgrest, migrated, migrations, query, received, repo,
+    PostgrestOnPostgres, Received, execute_like_postgrest, migrated, migrations, query, received,
+    repo,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, method, path};
@@ -905,4 +906,43 @@ fn the_checks_refuse_bad_rows() {
         pg.sql("app", "select count(*) from audio_analysis_results;", &[]),
         "0"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// The harness cleans up
+// ------------------------------------------------------------------------------------------
+
+/// A process that still runs (a reaped child has no /proc entry; a zombie is not running).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Every server a test starts stops when the test ends: the PostgREST fake's cluster, once the
+/// fake is dropped, has no postmaster and no data directory left. (Mounted on wiremock's pooled
+/// servers, the responder's `Arc<Postgres>` stayed in the static pool, and each test process
+/// left its clusters running under PID 1 with 40 MB of files each.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_postgrest_fake_leaves_no_postgres_running_and_no_files() {
+    let fake = PostgrestOnPostgres::start(KEY).await;
+    let ping = client(&fake.server).ping().await;
+    assert!(ping.is_ok(), "the fake answers: {ping:?}");
+    let pid = fake.pg.pid().expect("the postmaster runs");
+    let dir = fake.pg.dir().to_path_buf();
+    assert!(running(pid) && dir.exists());
+
+    drop(fake);
+    // The mock server's task drops its mocks (and the cluster) once it sees the shutdown.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (running(pid) || dir.exists()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!running(pid), "postmaster {pid} still runs");
+    assert!(!dir.exists(), "{} is still there", dir.display());
 }

@@ -44,6 +44,11 @@ impl SidecarTranscriber {
         })
     }
 
+    /// The language the transcript names ("english"), if it does.
+    pub fn language(&self) -> Option<&str> {
+        self.whole.language.as_deref()
+    }
+
     /// `<input stem>.transcript.json` beside the input, the default sidecar.
     pub fn default_path(input: &Path) -> PathBuf {
         let stem = input

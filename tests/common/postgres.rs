@@ -18,7 +18,8 @@ pub struct Postgres {
     pub port: u16,
     pub bin: PathBuf,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    /// The postmaster; behind a lock so [`Postgres::shutdown`] works through an `Arc`.
+    child: std::sync::Mutex<Option<Child>>,
 }
 
 /// Where the server binaries are: the newest /usr/lib/postgresql/N/bin, else $PATH.
@@ -168,7 +169,7 @@ impl Postgres {
                 port,
                 bin: bin.clone(),
                 dir,
-                child: Some(child),
+                child: std::sync::Mutex::new(Some(child)),
             };
             if pg.wait_ready(Duration::from_secs(30)) {
                 return pg;
@@ -189,7 +190,7 @@ impl Postgres {
     fn wait_ready(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
+            if let Some(child) = self.child.lock().unwrap().as_mut()
                 && child.try_wait().ok().flatten().is_some()
             {
                 return false; // exited: port taken or bad config
@@ -205,6 +206,16 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(100));
         }
         false
+    }
+
+    /// The postmaster's process id, while it runs (for tests that check it is stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
+    /// The temp directory holding the data directory, the socket and the log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The connection string for `dbname`.
@@ -273,8 +284,16 @@ impl Postgres {
         self.psql(dbname, &script, &[])
     }
 
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+    /// Stops the postmaster and deletes the cluster's files now, whoever else holds this
+    /// cluster (a mock server's responder may keep an `Arc` until its task winds down, which at
+    /// the end of a test binary can be after the process has exited).
+    pub fn shutdown(&self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self.dir.path());
+    }
+
+    fn stop(&self) {
+        let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
         // SIGQUIT: immediate shutdown of the postmaster and its backends (we run as root or as
@@ -296,6 +315,6 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        self.stop();
+        self.shutdown();
     }
 }

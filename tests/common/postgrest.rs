@@ -281,6 +281,15 @@ fn error(status: u16, code: &str, message: &str) -> ResponseTemplate {
         .set_body_json(json!({"code": code, "message": message, "details": null, "hint": null}))
 }
 
+/// The cluster stops with the fake, in the test's own thread: the mock server's task drops its
+/// mocks (and their `Arc<Postgres>`) only when it sees the shutdown, which the end of a test
+/// binary can cut short, leaving the data directory behind.
+impl Drop for PostgrestOnPostgres {
+    fn drop(&mut self) {
+        self.pg.shutdown();
+    }
+}
+
 impl PostgrestOnPostgres {
     /// A migrated cluster and the fake in front of it, accepting `service_key`.
     pub async fn start(service_key: &str) -> PostgrestOnPostgres {
@@ -291,13 +300,14 @@ impl PostgrestOnPostgres {
     /// for long benchmarks, whose bodies would pile up in the test process.
     pub async fn start_with(service_key: &str, record: bool) -> PostgrestOnPostgres {
         let pg = Arc::new(tokio::task::spawn_blocking(migrated).await.unwrap());
+        // Never wiremock's pooled `MockServer::start()`: a pooled server keeps its mocks (and
+        // with them the responder's `Arc<Postgres>`) in a static pool after the test, so the
+        // cluster was never dropped and its postmaster outlived the test process.
+        let builder = MockServer::builder();
         let server = if record {
-            MockServer::start().await
+            builder.start().await
         } else {
-            MockServer::builder()
-                .disable_request_recording()
-                .start()
-                .await
+            builder.disable_request_recording().start().await
         };
         let faults = Arc::new(Mutex::new(Faults::default()));
         Mock::given(any())
