@@ -262,26 +262,42 @@ impl FrameAnalyser {
         out
     }
 
-    /// Whether the frame last given to [`Self::mfcc`] is a steady tone rather than speech: its
-    /// two strongest peaks hold [`TONAL_PEAK_SHARE`] of the power above 94 Hz.
-    pub fn last_frame_is_tonal(&self) -> bool {
-        let power: Vec<f32> = self.mfcc_spec[3..].iter().map(|c| c.norm_sqr()).collect();
+    /// The strongest bin of the frame last given to [`Self::mfcc`] when the frame is a tone: a
+    /// peak above the voice's pitch range ([`F0_MAX`]) holding 90 % of the power above 94 Hz,
+    /// or two peaks holding [`TONAL_PEAK_SHARE`] of it that are not harmonics of one pitch (a
+    /// hummed "mm" is F0 and 2·F0 alone; a ring is 440 + 480 Hz, a DTMF key 697 + 1209 Hz).
+    pub fn last_frame_tone(&self) -> Option<usize> {
+        const SKIP: usize = 3;
+        let mut power: Vec<f32> = self.mfcc_spec[SKIP..]
+            .iter()
+            .map(|c| c.norm_sqr())
+            .collect();
         let total: f32 = power.iter().sum();
         if total <= 1e-12 {
-            return false;
+            return None;
         }
-        let mut rest = power;
-        let mut peaks = 0.0;
-        for _ in 0..2 {
-            let top = (0..rest.len())
-                .max_by(|&a, &b| rest[a].total_cmp(&rest[b]))
-                .unwrap_or(0);
-            let lobe = top.saturating_sub(2)..(top + 3).min(rest.len());
-            peaks += rest[lobe.clone()].iter().sum::<f32>();
-            rest[lobe].fill(0.0);
+        let (first, p1) = take_peak(&mut power);
+        let (second, p2) = take_peak(&mut power);
+        let hz = |bin: usize| (bin + SKIP) as f32 * RATE as f32 / MFCC_FFT as f32;
+        if hz(first) < F0_MAX {
+            return None;
         }
-        peaks >= TONAL_PEAK_SHARE * total
+        let ratio = hz(first).max(hz(second)) / hz(first).min(hz(second)).max(1.0);
+        let harmonic = (2.0..=4.0).contains(&ratio.round()) && (ratio - ratio.round()).abs() < 0.06;
+        let tone = p1 >= 0.9 * total || (p1 + p2 >= TONAL_PEAK_SHARE * total && !harmonic);
+        tone.then_some(first + SKIP)
     }
+}
+
+/// Removes the strongest peak (its bin ±2, the Hamming main lobe) from `power`: (bin, power).
+fn take_peak(power: &mut [f32]) -> (usize, f32) {
+    let top = (0..power.len())
+        .max_by(|&a, &b| power[a].total_cmp(&power[b]))
+        .unwrap_or(0);
+    let lobe = top.saturating_sub(2)..(top + 3).min(power.len());
+    let p = power[lobe.clone()].iter().sum();
+    power[lobe].fill(0.0);
+    (top, p)
 }
 
 /// Clears the blocks that are mostly steady tone (a notification beep, a phone ringing, a test
@@ -388,6 +404,7 @@ pub fn extract(pcm_wav: &Path, speech: &[[f64; 2]], frames_per_block: usize) -> 
     let mut filled = HOP / 2; // the first frame starts half a hop before the recording
     let mut region = 0usize;
     let mut frame = 0usize;
+    let mut last_tone: Option<usize> = None;
     let mut sample_iter: Box<dyn Iterator<Item = std::result::Result<f32, hound::Error>>> =
         match spec.sample_format {
             hound::SampleFormat::Int => {
@@ -425,7 +442,12 @@ pub fn extract(pcm_wav: &Path, speech: &[[f64; 2]], frames_per_block: usize) -> 
             let b = &mut blocks[frame / frames_per_block];
             b.speech_frames += 1;
             let c = analyser.mfcc(&buf);
-            b.tonal_frames += u16::from(analyser.last_frame_is_tonal());
+            // A tone holds its frequency; a voice's strongest harmonic moves with pitch and
+            // formants, so only a tonal frame at its predecessor's peak (±1 bin) counts.
+            let tone = analyser.last_frame_tone();
+            let steady = matches!((tone, last_tone), (Some(t), Some(p)) if t.abs_diff(p) <= 1);
+            b.tonal_frames += u16::from(steady);
+            last_tone = tone;
             for (s, v) in b.cep_all.iter_mut().zip(c.iter()) {
                 *s += v;
             }
@@ -436,6 +458,8 @@ pub fn extract(pcm_wav: &Path, speech: &[[f64; 2]], frames_per_block: usize) -> 
                 }
                 b.sum[N_CEP] += p.f0_hz.log2();
             }
+        } else {
+            last_tone = None;
         }
         buf.copy_within(HOP.., 0);
         filled = BUF - HOP;
@@ -520,14 +544,14 @@ mod tests {
         let mut a = FrameAnalyser::new();
         let mut tonal = |x: &[f32]| {
             a.mfcc(x);
-            a.last_frame_is_tonal()
+            a.last_frame_tone().is_some()
         };
         for f in [440.0, 1000.0, 1333.3, 3100.0] {
             assert!(tonal(&sines(&[f])), "{f} Hz beep");
         }
         assert!(tonal(&sines(&[697.0, 1209.0])), "DTMF 1");
         assert!(tonal(&sines(&[440.0, 480.0])), "ring tone");
-        for (f0, harmonics) in [(110.0, 12), (220.0, 8), (320.0, 5)] {
+        for (f0, harmonics) in [(110.0, 12), (220.0, 8), (320.0, 5), (180.0, 2), (260.0, 2)] {
             assert!(!tonal(&tone(f0, harmonics)), "{f0} Hz x{harmonics}");
         }
         let mut rng = fastrand::Rng::with_seed(3);
