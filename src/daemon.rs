@@ -304,10 +304,6 @@ async fn check_probes(config: &Config) -> Vec<Arc<dyn Probe>> {
         Box::pin(async move { storage::probe_bucket(&s3, &bucket).await })
     });
     let sb = &config.supabase;
-    let mut supabase_headers = vec![("apikey", sb.service_key.clone())];
-    if !sb.service_key.starts_with("sb_") {
-        supabase_headers.push(("authorization", format!("Bearer {}", sb.service_key)));
-    }
     let openai = &config.openai;
     let mut probes: Vec<Arc<dyn Probe>> = vec![
         Arc::new(redis),
@@ -319,7 +315,7 @@ async fn check_probes(config: &Config) -> Vec<Arc<dyn Probe>> {
                 sb.url.trim_end_matches('/'),
                 crate::supabase::JOBS_TABLE
             ),
-            supabase_headers,
+            crate::supabase::auth_headers(&sb.service_key),
             ErrorCode::SupabaseWriteFailed,
         ),
         http_probe(
