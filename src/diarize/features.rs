@@ -34,10 +34,12 @@ pub const N_CEP: usize = 12;
 /// Features per block mean: the cepstra and log2 pitch.
 pub const N_FEAT: usize = N_CEP + 1;
 
-/// A frame is tonal when its two strongest spectral peaks (±2 bins, the Hamming main lobe) hold
-/// this share of its power above 94 Hz. Voiced speech spreads power over many harmonics and
-/// formants (pre-emphasised, its top two peaks hold well under this); a beep or a two-tone ring
-/// holds nearly all of it.
+/// A frame is a tone when one peak (±2 bins, the Hamming main lobe) above the voice's pitch range
+/// holds this share of its power above 94 Hz (a beep)...
+const TONE_ONE_PEAK_SHARE: f32 = 0.9;
+/// ...or its two strongest peaks hold this share and are not harmonics of one pitch (a ring, a
+/// DTMF key). Voiced speech spreads power over many harmonics and formants; pre-emphasised, its
+/// top two peaks hold well under this.
 const TONAL_PEAK_SHARE: f32 = 0.95;
 /// A block is a tone, not speech, when at least this share of its speech frames is tonal.
 const TONAL_BLOCK_SHARE: f32 = 0.7;
@@ -95,6 +97,8 @@ pub struct FrameAnalyser {
     mfcc_in: Vec<f32>,
     mfcc_spec: Vec<Complex<f32>>,
     mfcc_scratch: Vec<Complex<f32>>,
+    /// The power spectrum [`Self::last_frame_tone`] takes peaks out of, reused frame to frame.
+    tone_power: Vec<f32>,
     window: Vec<f32>,
     /// Triangular mel filters: (first bin, weights).
     mel: Vec<(usize, Vec<f32>)>,
@@ -141,6 +145,7 @@ impl FrameAnalyser {
             mfcc_in: mfcc_fft.make_input_vec(),
             mfcc_spec: mfcc_fft.make_output_vec(),
             mfcc_scratch: mfcc_fft.make_scratch_vec(),
+            tone_power: Vec::with_capacity(MFCC_FFT / 2 + 1),
             yin_fft,
             yin_inv,
             mfcc_fft,
@@ -266,25 +271,25 @@ impl FrameAnalyser {
     /// peak above the voice's pitch range ([`F0_MAX`]) holding 90 % of the power above 94 Hz,
     /// or two peaks holding [`TONAL_PEAK_SHARE`] of it that are not harmonics of one pitch (a
     /// hummed "mm" is F0 and 2·F0 alone; a ring is 440 + 480 Hz, a DTMF key 697 + 1209 Hz).
-    pub fn last_frame_tone(&self) -> Option<usize> {
+    pub fn last_frame_tone(&mut self) -> Option<usize> {
         const SKIP: usize = 3;
-        let mut power: Vec<f32> = self.mfcc_spec[SKIP..]
-            .iter()
-            .map(|c| c.norm_sqr())
-            .collect();
+        let power = &mut self.tone_power;
+        power.clear();
+        power.extend(self.mfcc_spec[SKIP..].iter().map(|c| c.norm_sqr()));
         let total: f32 = power.iter().sum();
         if total <= 1e-12 {
             return None;
         }
-        let (first, p1) = take_peak(&mut power);
-        let (second, p2) = take_peak(&mut power);
+        let (first, p1) = take_peak(power);
+        let (second, p2) = take_peak(power);
         let hz = |bin: usize| (bin + SKIP) as f32 * RATE as f32 / MFCC_FFT as f32;
         if hz(first) < F0_MAX {
             return None;
         }
         let ratio = hz(first).max(hz(second)) / hz(first).min(hz(second)).max(1.0);
         let harmonic = (2.0..=4.0).contains(&ratio.round()) && (ratio - ratio.round()).abs() < 0.06;
-        let tone = p1 >= 0.9 * total || (p1 + p2 >= TONAL_PEAK_SHARE * total && !harmonic);
+        let tone =
+            p1 >= TONE_ONE_PEAK_SHARE * total || (p1 + p2 >= TONAL_PEAK_SHARE * total && !harmonic);
         tone.then_some(first + SKIP)
     }
 }
