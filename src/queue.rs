@@ -213,42 +213,54 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 "#;
 
+/// The Lua both claim scripts start with: `job_of(entry, max, head)` returns the entry's `job`
+/// field (whole when at most `max` bytes, else its first `head` bytes) and its full size.
+macro_rules! job_of_entry_lua {
+    () => {
+        r#"
+local function job_of(e, max, head)
+  local job = ''
+  if e[2] then
+    for i = 1, #e[2], 2 do
+      if e[2][i] == 'job' then job = e[2][i + 1] end
+    end
+  end
+  local size = #job
+  if size > tonumber(max) then job = string.sub(job, 1, tonumber(head)) end
+  return job, size
+end
+"#
+    };
+}
+
 /// Claims the next new entry (XREADGROUP `>`, COUNT 1, no BLOCK: scripts cannot block) and
 /// hands over its `job` field only when it is at most ARGV[3] bytes, else its first ARGV[4]
 /// bytes, so an oversized entry is never buffered whole by the worker. Returns
 /// `{id, job, size}`, or `{'', '', 0}` when nothing is waiting.
-const CLAIM_NEW_LUA: &str = r#"
+const CLAIM_NEW_LUA: &str = concat!(
+    job_of_entry_lua!(),
+    r#"
 local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
 if not r or not r[1] or not r[1][2][1] then return {'', '', 0} end
 local e = r[1][2][1]
-local job = ''
-if e[2] then
-  for i = 1, #e[2], 2 do
-    if e[2][i] == 'job' then job = e[2][i + 1] end
-  end
-end
-local size = #job
-if size > tonumber(ARGV[3]) then job = string.sub(job, 1, tonumber(ARGV[4])) end
+local job, size = job_of(e, ARGV[3], ARGV[4])
 return {e[1], job, size}
-"#;
+"#
+);
 
 /// XAUTOCLAIM of one entry idle longer than ARGV[3] ms from cursor ARGV[4] (which counts the
 /// delivery, unlike JUSTID), with the same size rule as [`CLAIM_NEW_LUA`] (ARGV[5], ARGV[6]).
 /// Returns `{next_cursor, id, job, size}`; `id` is '' when nothing was claimed.
-const RECLAIM_LUA: &str = r#"
+const RECLAIM_LUA: &str = concat!(
+    job_of_entry_lua!(),
+    r#"
 local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', 1)
 local e = r[2][1]
 if not e then return {r[1], '', '', 0} end
-local job = ''
-if e[2] then
-  for i = 1, #e[2], 2 do
-    if e[2][i] == 'job' then job = e[2][i + 1] end
-  end
-end
-local size = #job
-if size > tonumber(ARGV[5]) then job = string.sub(job, 1, tonumber(ARGV[6])) end
+local job, size = job_of(e, ARGV[5], ARGV[6])
 return {r[1], e[1], job, size}
-"#;
+"#
+);
 
 /// Puts a job we hold back at the end of the stream as a fresh entry and finishes the old one,
 /// atomically. Returns 1 when done, 0 when the entry is not ours (any more).
