@@ -386,7 +386,7 @@ impl Queue {
             async move {
                 ConnectionManager::new_with_config(client, config)
                     .await
-                    .map_err(|e| internal(&format!("connect to {where_}"), &e))
+                    .map_err(|e| connect_error(&where_, &e))
             }
         };
         let conn = connect(cfg.command_timeout).await?;
@@ -418,6 +418,9 @@ impl Queue {
         match res {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) if refused_credentials(&e) => {
+                Err(connect_error(&redact_url(&self.cfg.redis_url), &e))
+            }
             Err(e) => Err(internal("XGROUP CREATE", &e)),
         }
     }
@@ -824,6 +827,27 @@ fn is_connection_error(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_unrecoverable_error()
+}
+
+/// Redis answered and refused our credentials (a wrong password or user in REDIS_URL, or none
+/// where the server requires one): the configuration's to fix, not an outage to wait out.
+fn refused_credentials(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// A failed connection: CONFIG_MISSING naming REDIS_URL when Redis refused the credentials,
+/// else an internal error that callers treat as Redis being away.
+fn connect_error(where_: &str, e: &RedisError) -> Error {
+    if refused_credentials(e) {
+        return Error::new(
+            ErrorCode::ConfigMissing,
+            format!(
+                "Redis at {where_} refused the credentials in REDIS_URL (wrong password or user)"
+            ),
+        );
+    }
+    internal(&format!("connect to {where_}"), e)
 }
 
 fn internal(what: &str, e: &RedisError) -> Error {

@@ -432,6 +432,31 @@ async fn check_probes_every_dependency_when_redis_and_s3_are_down() {
     assert!(stderr.contains("redis, s3"), "{stderr}");
 }
 
+/// Issue 17: Redis that answers but refuses the password in REDIS_URL is a configuration mistake
+/// (CONFIG_MISSING, exit 1, saying so), not "unreachable" (exit 75, try again later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_says_when_redis_refuses_the_password() {
+    let stack = Stack::start(Duration::ZERO).await;
+    let redis_url = format!(
+        "redis://:not-the-password@127.0.0.1:{}/",
+        stack.redis.port()
+    );
+    let out = command(&stack, &["check"], &[("REDIS_URL", &redis_url)]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let redis = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("redis"))
+        .unwrap_or_else(|| panic!("no redis line in\n{stdout}"));
+    assert!(
+        redis.contains("unhealthy") && redis.contains("refused the credentials"),
+        "{redis}"
+    );
+    assert!(!stdout.contains("not-the-password"), "{stdout}");
+    assert!(stderr.starts_with("error[CONFIG_MISSING]"), "{stderr}");
+}
+
 #[test]
 fn run_without_configuration_names_every_missing_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_audio-worker"))
