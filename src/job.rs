@@ -331,12 +331,8 @@ fn check_id(field: &str, value: &str) -> Result<()> {
 }
 
 fn check_uuid(field: &str, value: &str) -> Result<()> {
-    let groups: Vec<&str> = value.split('-').collect();
-    let shape_ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-        && groups
-            .iter()
-            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !shape_ok {
+    // 36 characters: the hyphenated form only (the parser also takes braced and URN forms).
+    if value.len() != 36 || uuid::Uuid::try_parse(value).is_err() {
         return Err(invalid(
             field,
             "must be a UUID (8-4-4-4-12 hexadecimal digits), the Supabase row id",
@@ -564,130 +560,37 @@ pub fn verify(job: &Job, secret: &[u8], now: SystemTime, max_age: Duration) -> R
 
 /// A random UUID v4 in its usual text form.
 pub fn new_job_id() -> String {
-    let mut b = fastrand::u128(..).to_be_bytes();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds), like JavaScript's `toISOString()`.
+pub fn format_rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
     format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-/// `now` as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, milliseconds), like JavaScript's `toISOString()`.
-pub fn format_rfc3339(t: SystemTime) -> String {
-    let ms = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
-    };
-    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (y, m, d) = civil_from_days(days);
-    let (h, min, s, milli) = (
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000,
-    );
-    format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{milli:03}Z")
-}
-
 /// Milliseconds since the Unix epoch of an RFC 3339 timestamp in [`ENQUEUED_AT_PATTERN`]'s
-/// shape, or None. A leap second (`:60`) counts as `:59.999`.
+/// shape, or None. RFC 3339 itself also allows a space or a lowercase `t` between date and time,
+/// a lowercase `z` and any number of fraction digits; the published pattern does not, so neither
+/// does this.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let part = b.get(r)?;
-        if part.iter().all(u8::is_ascii_digit) {
-            std::str::from_utf8(part).ok()?.parse().ok()
-        } else {
-            None
-        }
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+    let fraction_digits = s
+        .split_once('.')
+        .map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count());
+    if s.as_bytes().get(10) != Some(&b'T') || s.contains('z') || fraction_digits > 9 {
         return None;
     }
-    if b[16] != b':' {
-        return None;
-    }
-    let (y, mo, d) = (i64::from(num(0..4)?), num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) || h > 23 || mi > 59 {
-        return None;
-    }
-    if sec > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut millis = 0i64;
-    if b[i] == b'.' {
-        let start = i + 1;
-        let mut end = start;
-        while end < b.len() && b[end].is_ascii_digit() {
-            end += 1;
-        }
-        let digits = end - start;
-        if !(1..=9).contains(&digits) {
-            return None;
-        }
-        let frac = &s[start..end.min(start + 3)];
-        millis = frac.parse::<i64>().ok()? * 10i64.pow(3 - frac.len() as u32);
-        i = end;
-    }
-    let offset_min: i64 = match b.get(i..)? {
-        b"Z" => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            let v = i64::from(oh * 60 + om);
-            if *sign == b'+' { v } else { -v }
-        }
-        _ => return None,
-    };
-    let (sec, millis) = if sec == 60 { (59, 999) } else { (sec, millis) };
-    let secs = days_from_civil(y, mo, d) * 86_400
-        + i64::from(h) * 3600
-        + i64::from(mi) * 60
-        + i64::from(sec)
-        - offset_min * 60;
-    Some(secs * 1000 + millis)
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
 #[cfg(test)]
