@@ -17,7 +17,7 @@ use crate::analysis::Analyzer;
 use crate::analysis::gemini::{GeminiAnalyzer, GeminiConfig};
 use crate::error::{Error, ErrorCode, Result};
 use crate::pipeline::{
-    self, AnalysisStatus, AudioSource, JobResult, PipelineJob, PipelineOptions, Ports, Progress,
+    self, AnalysisOutcome, AudioSource, JobResult, PipelineJob, PipelineOptions, Ports, Progress,
     ProgressSink, Stage,
 };
 use crate::transcribe::Transcriber;
@@ -306,8 +306,8 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         )?;
     }
     print!("{}", summary(&result, &args));
-    match (&result.analysis_status, &result.analysis_error) {
-        (AnalysisStatus::Failed, Some(e)) => Err(Error::new(
+    match &result.analysis {
+        AnalysisOutcome::Failed(e) => Err(Error::new(
             e.code,
             format!("the analysis failed: {}", e.message),
         )),
@@ -352,13 +352,12 @@ pub fn summary(r: &JobResult, args: &ReplayArgs) -> String {
         "{:<18} coach {}, client {}\n",
         "questions", m.speakers.coach.questions, m.speakers.client.questions
     ));
-    let analysis = match (&r.analysis_status, &r.analysis_error) {
-        (AnalysisStatus::Ok, _) => {
+    let analysis = match &r.analysis {
+        AnalysisOutcome::Ok { .. } => {
             format!("ok ({})", r.versions.analyzer.clone().unwrap_or_default())
         }
-        (AnalysisStatus::Skipped, _) => "skipped (set GOOGLE_API_KEY to analyse)".into(),
-        (AnalysisStatus::Failed, Some(e)) => format!("FAILED: {} ({})", e.message, e.code),
-        (AnalysisStatus::Failed, None) => "FAILED".into(),
+        AnalysisOutcome::Skipped => "skipped (set GOOGLE_API_KEY to analyse)".into(),
+        AnalysisOutcome::Failed(e) => format!("FAILED: {} ({})", e.message, e.code),
     };
     s.push_str(&format!("{:<18} {}\n", "analysis", analysis));
     s.push_str(&format!("{:<18} {}\n", "result", args.out.display()));

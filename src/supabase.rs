@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::BoxFuture;
 use crate::error::{Error, ErrorCode, Result};
-use crate::pipeline::{AnalysisStatus, JobResult, Progress, ProgressSink, Stage};
+use crate::pipeline::{JobResult, Progress, ProgressSink, Stage};
 use crate::retry::{Attempt, RetryPolicy, Transient, retry_after_from, transient_status};
 
 /// The job progress table.
@@ -155,7 +155,7 @@ pub fn result_row(result: &JobResult, user_id: &str) -> Result<Value> {
         .ok_or_else(|| Error::new(ErrorCode::Internal, "the result is not a JSON object"))?;
     obj.insert("user_id".into(), json!(user_id));
     // The user reads this row: the analysis error's message is ours (the details are logged).
-    if let Some(e) = &result.analysis_error {
+    if let Some(e) = result.analysis.error() {
         obj.insert(
             "analysis_error".into(),
             json!({"code": e.code, "message": e.code.user_message()}),
@@ -331,8 +331,7 @@ impl SupabaseClient {
     /// The second half of [`SupabaseClient::upsert_result`]: the job row says completed, or
     /// error with the analysis' code when the analysis failed.
     pub async fn mark_result_stored(&self, result: &JobResult) -> Result<()> {
-        if let (AnalysisStatus::Failed, Some(e)) = (result.analysis_status, &result.analysis_error)
-        {
+        if let Some(e) = result.analysis.error() {
             let err = Error::new(e.code, e.message.clone());
             return self.mark_failed(&result.session_id, &err).await;
         }

@@ -34,7 +34,7 @@ use crate::analysis::Analyzer;
 use crate::error::{Error, ErrorCode, Result};
 use crate::job::Job;
 use crate::pipeline::{
-    self, AnalysisStatus, JobResult, PipelineOptions, Ports, Progress, ProgressSink, Stage,
+    self, AnalysisOutcome, JobResult, PipelineOptions, Ports, Progress, ProgressSink, Stage,
 };
 use crate::queue::{Delivery, Queue};
 use crate::storage::{S3Object, StorageConfig};
@@ -590,11 +590,11 @@ async fn finish(
     result: &JobResult,
     progress: &StageTimer,
 ) -> Outcome {
-    if let (AnalysisStatus::Failed, Some(e)) = (result.analysis_status, &result.analysis_error) {
+    if let AnalysisOutcome::Failed(e) = &result.analysis {
         // The row gets our message for the code; the details are here, redacted.
         warn!(code = %e.code, error = %e.message, "the analysis failed");
     }
-    if let (AnalysisStatus::Failed, Some(e)) = (result.analysis_status, &result.analysis_error)
+    if let AnalysisOutcome::Failed(e) = &result.analysis
         && e.code.is_retryable()
         && !services.queue.last_attempt(delivery)
     {
@@ -616,7 +616,7 @@ async fn finish(
     if let Err(e) = services.supabase.mark_result_stored(result).await {
         return decide(services, delivery, claim, job, &e).await;
     }
-    if let (AnalysisStatus::Failed, Some(e)) = (result.analysis_status, &result.analysis_error) {
+    if let AnalysisOutcome::Failed(e) = &result.analysis {
         // Stored, and the row already says error (mark_result_stored); the job goes to the dead
         // letters so an operator can re-enqueue it once the analysis works again.
         let err = Error::new(e.code, format!("the analysis failed: {}", e.message));

@@ -14,7 +14,8 @@ use audio_worker::analysis::Analyzer;
 use audio_worker::analysis::gemini::{GeminiAnalyzer, GeminiConfig};
 use audio_worker::conversation::Speaker;
 use audio_worker::pipeline::{
-    self, AnalysisStatus, PipelineJob, PipelineOptions, Ports, Progress, ProgressSink, Stage,
+    self, AnalysisOutcome, AnalysisStatus, PipelineJob, PipelineOptions, Ports, Progress,
+    ProgressSink, Stage,
 };
 use audio_worker::replay::LocalFile;
 use audio_worker::transcribe::sidecar::SidecarTranscriber;
@@ -95,9 +96,9 @@ async fn the_pipeline_turns_a_recording_into_a_labelled_measured_analysed_result
     .await
     .unwrap();
 
-    assert_eq!(result.analysis_status, AnalysisStatus::Ok);
+    assert_eq!(result.analysis.status(), AnalysisStatus::Ok);
     assert_eq!(
-        result.analysis.as_ref().unwrap().skills.questioning.score,
+        result.analysis.analysis().unwrap().skills.questioning.score,
         5
     );
     assert_eq!(result.speakers_found, 2);
@@ -196,9 +197,9 @@ async fn a_failed_analysis_is_stored_as_failed_never_as_made_up_scores() {
     )
     .await
     .unwrap();
-    assert_eq!(result.analysis_status, AnalysisStatus::Failed);
-    assert!(result.analysis.is_none());
-    let err = result.analysis_error.unwrap();
+    assert_eq!(result.analysis.status(), AnalysisStatus::Failed);
+    assert!(result.analysis.analysis().is_none());
+    let err = result.analysis.error().unwrap();
     assert_eq!(err.code, ErrorCode::GeminiFailed);
     assert!(
         err.message.contains("API key not valid."),
@@ -215,8 +216,7 @@ async fn without_an_analyzer_the_analysis_is_skipped_and_null() {
     let result = pipeline::run(&job(), &ports(None, Arc::default()), &options(work.path()))
         .await
         .unwrap();
-    assert_eq!(result.analysis_status, AnalysisStatus::Skipped);
-    assert!(result.analysis.is_none() && result.analysis_error.is_none());
+    assert_eq!(result.analysis, AnalysisOutcome::Skipped);
 }
 
 #[tokio::test]

@@ -19,7 +19,8 @@ use audio_worker::audio::decode::SourceInfo;
 use audio_worker::conversation::{Segment, Speaker, Transcript, Turn};
 use audio_worker::error::Error;
 use audio_worker::pipeline::{
-    AnalysisStatus, JobResult, Progress, ProgressSink, Stage, StoredError, Versions,
+    AnalysisOutcome, AnalysisStatus, JobResult, Progress, ProgressSink, Stage, StoredError,
+    Versions,
 };
 use audio_worker::retry::RetryPolicy;
 use audio_worker::supabase::{
@@ -257,21 +258,25 @@ fn result(session_id: &str, status: AnalysisStatus) -> JobResult {
         metrics: metrics::compute(&turns, duration_s),
         turns,
         speakers_found: 2,
-        analysis: (status == AnalysisStatus::Ok).then(analysis),
-        analysis_status: status,
-        analysis_error: (status == AnalysisStatus::Failed).then(|| StoredError {
-            code: ErrorCode::GeminiInvalidResponse,
-            message: "引用が文字起こしに見つかりません".into(),
-        }),
-        analysis_report: (status == AnalysisStatus::Ok).then_some(AnalysisReport {
-            requests: 2,
-            dropped_examples: 1,
-            usage: TokenUsage {
-                prompt_tokens: 2000,
-                output_tokens: 600,
-                thinking_tokens: 150,
+        analysis: match status {
+            AnalysisStatus::Ok => AnalysisOutcome::Ok {
+                analysis: Box::new(analysis()),
+                report: AnalysisReport {
+                    requests: 2,
+                    dropped_examples: 1,
+                    usage: TokenUsage {
+                        prompt_tokens: 2000,
+                        output_tokens: 600,
+                        thinking_tokens: 150,
+                    },
+                },
             },
-        }),
+            AnalysisStatus::Skipped => AnalysisOutcome::Skipped,
+            AnalysisStatus::Failed => AnalysisOutcome::Failed(StoredError {
+                code: ErrorCode::GeminiInvalidResponse,
+                message: "引用が文字起こしに見つかりません".into(),
+            }),
+        },
         versions: Versions {
             worker: "0.1.0".into(),
             libopus: "libopus 1.6.1".into(),

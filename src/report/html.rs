@@ -11,7 +11,7 @@ use std::fmt::Write;
 use super::Page;
 use crate::analysis::metrics::{ConversationMetrics, RateUnit, SpeakerMetrics};
 use crate::conversation::{Speaker, Turn};
-use crate::pipeline::{AnalysisStatus, JobResult};
+use crate::pipeline::{AnalysisOutcome, JobResult};
 
 const WIDTH: f64 = 1000.0;
 const HEIGHT: f64 = 120.0;
@@ -483,8 +483,8 @@ fn events_text(m: &ConversationMetrics, speakers_found: usize, lang: Lang) -> St
 
 fn analysis(html: &mut String, r: &JobResult, lang: Lang) {
     let _ = writeln!(html, "<h2>{}</h2>", lang.words().analysis);
-    match (&r.analysis_status, &r.analysis, &r.analysis_error) {
-        (AnalysisStatus::Ok, Some(a), _) => {
+    match &r.analysis {
+        AnalysisOutcome::Ok { analysis: a, .. } => {
             let _ = writeln!(
                 html,
                 "<p class=diagnosis>{} <b>{}</b> — {}</p>\n<table>",
@@ -513,7 +513,7 @@ fn analysis(html: &mut String, r: &JobResult, lang: Lang) {
             }
             html.push_str("</ol>\n");
         }
-        (AnalysisStatus::Failed, _, Some(e)) => {
+        AnalysisOutcome::Failed(e) => {
             let failed = match lang {
                 Lang::En => "The analysis failed:",
                 Lang::Ja => "分析に失敗しました:",
@@ -722,10 +722,7 @@ mod tests {
                 source: "test".into(),
             },
             speakers_found: 2,
-            analysis: None,
-            analysis_status: AnalysisStatus::Skipped,
-            analysis_error: None,
-            analysis_report: None,
+            analysis: AnalysisOutcome::Skipped,
             versions: Versions {
                 worker: "0".into(),
                 libopus: "0".into(),
