@@ -64,7 +64,9 @@ pub fn tls_ca_problem(path: &std::path::Path) -> Option<String> {
 }
 
 /// Defaults that are not obvious from a single variable.
-pub const DEFAULT_JOB_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_JOB_MAX_AGE: Duration = Duration::from_secs(JOB_MAX_AGE_H.1 * 3600);
+/// JOB_MAX_AGE_H: (least, default, most) hours.
+const JOB_MAX_AGE_H: (u64, u64, u64) = (1, 7 * 24, 24 * 365);
 pub const DEFAULT_MAX_AUDIO_MB: u64 = 2048;
 
 /// The S3 variables the README marks required (`fly storage create` sets them for Tigris).
@@ -76,6 +78,28 @@ const S3_VARIABLES: [(&str, &str); 3] = [
     ("AWS_ACCESS_KEY_ID", "the S3 access key"),
     ("AWS_SECRET_ACCESS_KEY", "the S3 secret key"),
 ];
+
+/// JOB_MAX_AGE_H alone, for `validate-job`, which needs no other configuration: the same
+/// bounds and default as the worker's, and CONFIG_MISSING naming the variable when out of range.
+pub fn job_max_age_from_env() -> Result<Duration> {
+    let (least, default, most) = JOB_MAX_AGE_H;
+    let hours = match std::env::var("JOB_MAX_AGE_H")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        None => default,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if (least..=most).contains(&n) => n,
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::ConfigMissing,
+                    format!("JOB_MAX_AGE_H={v:?} must be a whole number from {least} to {most}"),
+                ));
+            }
+        },
+    };
+    Ok(Duration::from_secs(hours * 3600))
+}
 
 impl Config {
     /// Reads the process environment.
@@ -135,7 +159,8 @@ impl Config {
         let shutdown_grace = Duration::from_secs(number("SHUTDOWN_GRACE_S", 25, 0, 3600));
         let visibility = Duration::from_secs(number("VISIBILITY_TIMEOUT_S", 120, 3, 86_400));
         let max_attempts = number("JOB_MAX_ATTEMPTS", 3, 1, 100) as u32;
-        let job_max_age = Duration::from_secs(3600 * number("JOB_MAX_AGE_H", 168, 1, 24 * 365));
+        let (least, default, most) = JOB_MAX_AGE_H;
+        let job_max_age = Duration::from_secs(3600 * number("JOB_MAX_AGE_H", default, least, most));
         let max_audio_mb = number("MAX_AUDIO_MB", DEFAULT_MAX_AUDIO_MB, 1, 100_000);
         let max_minutes = number("MAX_AUDIO_MINUTES", 240, 1, 24 * 60);
         let port = number("PORT", 8080, 1, 65_535) as u16;

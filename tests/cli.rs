@@ -201,3 +201,53 @@ fn replay_takes_the_language_from_the_transcript_and_speaks_english_on_the_termi
         "neither downloaded nor analysed: {err}"
     );
 }
+
+/// Issue 16: `validate-job` refuses a signed job by the same JOB_MAX_AGE_H as the worker (it
+/// used a constant), and an out-of-range JOB_MAX_AGE_H is named, not a retryable failure.
+#[test]
+fn validate_job_honours_job_max_age_h() {
+    use audio_worker::job::{Job, sign};
+    use std::time::{Duration, SystemTime};
+    let work = tempfile::tempdir().unwrap();
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(2 * 3600);
+    let mut job = Job::new(
+        "3f1c9d2e-8b7a-4c6d-9e0f-1a2b3c4d5e6f",
+        "5a6b7c8d-1e2f-4a3b-8c4d-5e6f7a8b9c0d",
+        "recordings",
+        "users/5a6b7c8d-1e2f-4a3b-8c4d-5e6f7a8b9c0d/a.webm",
+        "ja",
+        two_hours_ago,
+    );
+    sign(&mut job, b"validate-FAKE-SECRET");
+    let path = work.path().join("job.json");
+    std::fs::write(&path, job.to_json()).unwrap();
+    let validate = |max_age_h: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_audio-worker"));
+        cmd.args(["validate-job", path.to_str().unwrap()])
+            .env_clear()
+            .env("JOB_SIGNING_SECRET", "validate-FAKE-SECRET");
+        if let Some(h) = max_age_h {
+            cmd.env("JOB_MAX_AGE_H", h);
+        }
+        cmd.output().unwrap()
+    };
+    let out = validate(None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signature=verified"));
+
+    let out = validate(Some("1"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error[QUEUE_BAD_SIGNATURE]") && stderr(&out).contains("expired"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = validate(Some("0"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error[CONFIG_MISSING]") && stderr(&out).contains("JOB_MAX_AGE_H"),
+        "{}",
+        stderr(&out)
+    );
+}
