@@ -47,6 +47,21 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage's name as the job row, the logs and the metrics spell it (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queued => "queued",
+            Stage::Downloading => "downloading",
+            Stage::Preprocessing => "preprocessing",
+            Stage::Transcribing => "transcribing",
+            Stage::Diarization => "diarization",
+            Stage::Analyzing => "analyzing",
+            Stage::Saving => "saving",
+            Stage::Completed => "completed",
+            Stage::Error => "error",
+        }
+    }
+
     /// The Japanese message shown to the user for this stage.
     pub fn message(self) -> &'static str {
         match self {
@@ -84,6 +99,8 @@ pub struct Progress {
     pub stage: Stage,
     pub percent: u8,
     pub message: String,
+    /// The error's code, with the `error` stage only (the job row's `error_code`).
+    pub code: Option<ErrorCode>,
 }
 
 impl Progress {
@@ -92,6 +109,7 @@ impl Progress {
             stage,
             percent: stage.percent(),
             message: stage.message().to_string(),
+            code: None,
         }
     }
 
@@ -120,6 +138,7 @@ impl Progress {
                 err.user_message(),
                 err.code
             ),
+            code: Some(err.code),
         }
     }
 }
@@ -555,6 +574,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_names_are_their_wire_names() {
+        for stage in [
+            Stage::Queued,
+            Stage::Downloading,
+            Stage::Preprocessing,
+            Stage::Transcribing,
+            Stage::Diarization,
+            Stage::Analyzing,
+            Stage::Saving,
+            Stage::Completed,
+            Stage::Error,
+        ] {
+            assert_eq!(serde_json::json!(stage), stage.as_str());
+        }
+    }
 
     #[test]
     fn progress_follows_the_documented_stages() {

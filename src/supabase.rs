@@ -119,18 +119,14 @@ pub struct NewJob {
 
 /// The PATCH body of one progress report. `error_code` is always present (null unless the stage
 /// is `error`) so a retried job clears its previous failure; `attempts` only when known.
-pub fn progress_body(
-    progress: &Progress,
-    error_code: Option<ErrorCode>,
-    attempt: Option<u32>,
-) -> Value {
+pub fn progress_body(progress: &Progress, attempt: Option<u32>) -> Value {
     let mut body = json!({
         "status": JobStatus::of(progress.stage),
         "stage": progress.stage,
         "progress": progress.percent.min(100),
         "message": progress.message,
         "error_code": match progress.stage {
-            Stage::Error => Some(error_code.unwrap_or(ErrorCode::Internal)),
+            Stage::Error => Some(progress.code.unwrap_or(ErrorCode::Internal)),
             _ => None,
         },
     });
@@ -163,14 +159,6 @@ pub fn result_row(result: &JobResult, user_id: &str) -> Result<Value> {
     }
     obj.entry("analysis_error").or_insert(Value::Null);
     Ok(row)
-}
-
-/// The error code carried by an error report's message, `エラーが発生しました: … (CODE)`
-/// ([`Progress::error`]): the sink only receives the `Progress`.
-pub fn code_in_message(message: &str) -> Option<ErrorCode> {
-    let inner = message.strip_suffix(')')?;
-    let code = &inner[inner.rfind('(')? + 1..];
-    serde_json::from_value(Value::String(code.to_string())).ok()
 }
 
 /// A PostgREST client for the worker's two tables.
@@ -254,11 +242,10 @@ impl SupabaseClient {
         &self,
         session_id: &str,
         progress: &Progress,
-        error_code: Option<ErrorCode>,
         attempt: Option<u32>,
     ) -> Result<()> {
-        let body = progress_body(progress, error_code, attempt).to_string();
-        let stage = format!("{:?}", progress.stage).to_lowercase();
+        let body = progress_body(progress, attempt).to_string();
+        let stage = progress.stage.as_str();
         let what = format!("the {stage} progress of session {session_id}");
         self.send(
             &what,
@@ -335,24 +322,18 @@ impl SupabaseClient {
             let err = Error::new(e.code, e.message.clone());
             return self.mark_failed(&result.session_id, &err).await;
         }
-        self.report(
-            &result.session_id,
-            &Progress::at(Stage::Completed),
-            None,
-            None,
-        )
-        .await
+        self.report(&result.session_id, &Progress::at(Stage::Completed), None)
+            .await
     }
 
     /// Marks the session failed: stage `error`, the error code, and the user-facing message.
     pub async fn mark_failed(&self, session_id: &str, err: &Error) -> Result<()> {
-        self.report(session_id, &Progress::error(err), Some(err.code), None)
-            .await
+        self.report(session_id, &Progress::error(err), None).await
     }
 
     /// Puts the session back to `queued` (graceful shutdown left the job for another worker).
     pub async fn mark_queued(&self, session_id: &str) -> Result<()> {
-        self.report(session_id, &Progress::at(Stage::Queued), None, None)
+        self.report(session_id, &Progress::at(Stage::Queued), None)
             .await
     }
 
@@ -585,12 +566,8 @@ impl ProgressSink for SupabaseProgress {
             if progress.stage != Stage::Error && *self.last.lock().unwrap() == Some(key) {
                 return Ok(());
             }
-            let code = match progress.stage {
-                Stage::Error => code_in_message(&progress.message),
-                _ => None,
-            };
             self.client
-                .report(&self.session_id, &progress, code, self.attempt)
+                .report(&self.session_id, &progress, self.attempt)
                 .await?;
             *self.last.lock().unwrap() = Some(key);
             Ok(())
@@ -612,34 +589,23 @@ mod tests {
     }
 
     #[test]
-    fn the_error_code_is_read_back_from_the_error_message() {
-        let err = Error::new(ErrorCode::AudioNoSpeech, "無音です (本当に)");
-        assert_eq!(
-            code_in_message(&Progress::error(&err).message),
-            Some(ErrorCode::AudioNoSpeech)
-        );
-        assert_eq!(
-            code_in_message("エラーが発生しました: x (NOT_A_CODE)"),
-            None
-        );
-        assert_eq!(code_in_message("no code"), None);
-    }
-
-    #[test]
     fn progress_bodies() {
-        let body = progress_body(&Progress::transcribing(1, 2), None, Some(2));
+        let body = progress_body(&Progress::transcribing(1, 2), Some(2));
         assert_eq!(
             body,
             json!({"status": "processing", "stage": "transcribing", "progress": 50,
                    "message": "音声を文字に変換中...", "error_code": null, "attempts": 2})
         );
         let err = Error::new(ErrorCode::StorageNotFound, "missing");
-        let body = progress_body(&Progress::error(&err), Some(err.code), None);
+        let body = progress_body(&Progress::error(&err), None);
         assert_eq!(body["status"], "error");
         assert_eq!(body["error_code"], "STORAGE_NOT_FOUND");
         // An error report must name a code: the table requires one.
-        let body = progress_body(&Progress::error(&err), None, None);
-        assert_eq!(body["error_code"], "INTERNAL");
+        let codeless = Progress {
+            code: None,
+            ..Progress::error(&err)
+        };
+        assert_eq!(progress_body(&codeless, None)["error_code"], "INTERNAL");
     }
 
     #[test]

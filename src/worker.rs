@@ -680,7 +680,7 @@ async fn retry_later(
     let queued = Progress::at(Stage::Queued);
     if let Err(e) = services
         .supabase
-        .report(&job.session_id, &queued, None, Some(delivery.attempt))
+        .report(&job.session_id, &queued, Some(delivery.attempt))
         .await
     {
         warn!(error = %e, "cannot put the job row back to queued");
@@ -794,7 +794,7 @@ impl StageTimer {
             return;
         }
         if let Some((previous, since)) = current.take() {
-            metrics::histogram!(telemetry::STAGE_DURATION_SECONDS, "stage" => stage_label(previous))
+            metrics::histogram!(telemetry::STAGE_DURATION_SECONDS, "stage" => previous.as_str())
                 .record(since.elapsed().as_secs_f64());
         }
         *current = stage.map(|s| (s, Instant::now()));
@@ -805,24 +805,14 @@ impl StageTimer {
     }
 }
 
-fn stage_label(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Queued => "queued",
-        Stage::Downloading => "downloading",
-        Stage::Preprocessing => "preprocessing",
-        Stage::Transcribing => "transcribing",
-        Stage::Diarization => "diarization",
-        Stage::Analyzing => "analyzing",
-        Stage::Saving => "saving",
-        Stage::Completed => "completed",
-        Stage::Error => "error",
-    }
-}
-
 impl ProgressSink for StageTimer {
     fn report<'a>(&'a self, progress: Progress) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            // The pipeline's error report is not the last word here: the delivery policy
+            // (`decide`) may still retry the job, and writes the error row itself
+            // (`mark_failed`) once the failure is final.
             if progress.stage == Stage::Error {
+                tracing::debug!(code = ?progress.code, "error report left to the delivery policy");
                 return Ok(());
             }
             self.enter(Some(progress.stage));
