@@ -11,19 +11,15 @@ pub mod error;
 pub mod job;
 pub mod memory;
 pub mod pipeline;
-pub mod queue;
 pub mod replay;
 pub mod report;
 pub mod retry;
-pub mod server;
 pub mod speakers;
-pub mod storage;
-pub mod supabase;
 pub mod telemetry;
 pub mod transcribe;
 pub mod usage;
-pub mod worker;
 
+pub use daemon::{queue, server, storage, supabase, worker};
 pub use error::{Error, ErrorCode, Result};
 
 /// A boxed, sendable future: what the pipeline's ports (transcriber, analyzer) return, so they

@@ -207,7 +207,7 @@ export async function signJob(job: Job, secret: string): Promise<string> {
 
 /**
  * Why an audio key is not acceptable, or null. The one key rule of the worker too (src/job.rs
- * `key_problem`, src/storage.rs); both run the shared vectors of schemas/audio-key-vectors.json.
+ * `key_problem`, src/daemon/storage.rs); both run the shared vectors of schemas/audio-key-vectors.json.
  */
 export function keyProblem(key: string): string | null {
   if (key.length === 0) return "must not be empty";

@@ -289,7 +289,7 @@ mod tests {
     /// The vectors the Edge Function's tests read too (`schemas/audio-key-vectors.json`).
     #[test]
     fn the_shared_key_vectors_hold() {
-        let text = include_str!("../schemas/audio-key-vectors.json");
+        let text = include_str!("../../schemas/audio-key-vectors.json");
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
         let prefix = v["prefix"].as_str().unwrap();
         let user = v["user_id"].as_str().unwrap();

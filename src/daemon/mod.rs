@@ -4,6 +4,11 @@
 //! that is down at start is waited for (with backoff) rather than crashing the machine into a
 //! restart loop. SIGINT and SIGTERM stop claiming, let jobs in flight finish within the grace
 //! period, and exit 0.
+//!
+//! The daemon side, one file per part: [`worker`] (the loop and the delivery of each job),
+//! [`queue`] (Redis streams), [`storage`] (S3 downloads inside the user's folder), [`supabase`]
+//! (job rows and results through PostgREST) and [`server`] (/health, /ready, /metrics). The
+//! pipeline never imports any of them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,19 +18,24 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub mod queue;
+pub mod server;
+pub mod storage;
+pub mod supabase;
+pub mod worker;
+
 use crate::BoxFuture;
 use crate::analysis::Analyzer;
 use crate::analysis::gemini::GeminiAnalyzer;
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::pipeline::PipelineOptions;
-use crate::queue::Queue;
-use crate::server::{self, HealthRoutes, MetricsRoutes, Probe, ServeLimits};
-use crate::storage;
-use crate::supabase::SupabaseClient;
 use crate::telemetry;
 use crate::transcribe::openai::OpenAiTranscriber;
-use crate::worker::{self, Services, StopReason, WorkerOptions};
+use queue::Queue;
+use server::{HealthRoutes, MetricsRoutes, Probe, ServeLimits};
+use supabase::SupabaseClient;
+use worker::{Services, StopReason, WorkerOptions};
 
 /// Runs the daemon until a signal (exit 0 after draining) or idleness.
 pub async fn run(mut config: Config) -> Result<()> {
