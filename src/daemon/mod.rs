@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod storage;

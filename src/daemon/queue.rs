@@ -674,14 +674,23 @@ impl Queue {
         Ok(moved == 1)
     }
 
+    /// The delivery policy's view of `delivery` (its attempt against JOB_MAX_ATTEMPTS).
+    pub fn attempts(&self, delivery: &Delivery) -> super::policy::Delivery {
+        super::policy::Delivery {
+            attempt: delivery.attempt,
+            max_attempts: self.cfg.max_attempts,
+            claim_lost: false,
+        }
+    }
+
     /// Whether this delivery has used up its attempts and must be dead-lettered unrun.
     pub fn exhausted(&self, delivery: &Delivery) -> bool {
-        delivery.attempt > self.cfg.max_attempts
+        self.attempts(delivery).exhausted()
     }
 
     /// Whether this delivery is the last attempt: a retryable failure now is final.
     pub fn last_attempt(&self, delivery: &Delivery) -> bool {
-        delivery.attempt >= self.cfg.max_attempts
+        self.attempts(delivery).last_attempt()
     }
 
     /// Stream length, pending and dead counts (one round trip).

@@ -13,6 +13,9 @@
 //! | the claim was lost (another worker reclaimed it) | untouched | left to the other worker |
 //! | shutdown grace ran out | back to `queued` | requeued as a new entry (not counted as an attempt) |
 //!
+//! The table is [`policy::next_action`], a pure function with a row-by-row test; this file
+//! gathers the facts and carries the actions out.
+//!
 //! A failed analysis is a failed job: the partial result (transcript, turns, metrics) is stored
 //! with `analysis_status: failed` and the job row says `error`; a retryable analysis failure is
 //! first retried like any other retryable error.
@@ -29,13 +32,12 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use super::policy::{self, Action, Event};
 use crate::BoxFuture;
 use crate::analysis::Analyzer;
 use crate::error::{Error, ErrorCode, Result};
 use crate::job::Job;
-use crate::pipeline::{
-    self, AnalysisOutcome, JobResult, PipelineOptions, Ports, Progress, ProgressSink, Stage,
-};
+use crate::pipeline::{self, JobResult, PipelineOptions, Ports, Progress, ProgressSink, Stage};
 use crate::queue::{Delivery, Queue};
 use crate::storage::{S3Object, StorageConfig};
 use crate::supabase::{JobStatus, NewJob, SupabaseClient, SupabaseProgress};
@@ -412,13 +414,15 @@ async fn run_claimed(
     if let Err(err) = job.check_signature(secret, SystemTime::now(), services.job_max_age) {
         // Nothing in a job that is not authenticated is trusted, its session id least of all:
         // no row is written (it may be another user's); the dead letter keeps the evidence.
-        return fail(services, delivery, claim, None, &err).await;
+        return act(Event::BadSignature, services, delivery, claim, job, &err).await;
     }
     // "Already completed" comes before "attempts exhausted": a worker that died between the
     // completed write and the acknowledgement leaves a finished job, whatever its count.
     let state = services.supabase.job_status(session).await;
     if let Ok(Some(state)) = &state
         && state.status == JobStatus::Completed
+        && policy::next_action(Event::AlreadyCompleted, facts(services, delivery, claim))
+            == Action::AckDuplicate
     {
         info!("the session already completed; acknowledging the duplicate");
         return match services.queue.ack(&delivery.entry_id).await {
@@ -427,7 +431,7 @@ async fn run_claimed(
             Err(e) => retry_later(services, delivery, claim, job, &e).await,
         };
     }
-    if services.queue.exhausted(delivery) {
+    if policy::next_action(Event::Claimed, facts(services, delivery, claim)) != Action::Run {
         let err = Error::new(
             ErrorCode::Internal,
             format!(
@@ -435,7 +439,7 @@ async fn run_claimed(
                 delivery.attempt - 1
             ),
         );
-        return fail(services, delivery, claim, Some(session), &err).await;
+        return act(Event::Claimed, services, delivery, claim, job, &err).await;
     }
     match state {
         Ok(Some(_)) => {}
@@ -462,7 +466,7 @@ async fn run_claimed(
         .storage
         .check(&job.audio.bucket, &job.user_id, &job.audio.key)
     {
-        return fail(services, delivery, claim, Some(session), &err).await;
+        return decide(services, delivery, claim, job, &err).await;
     }
 
     let progress = Arc::new(StageTimer::new(
@@ -590,16 +594,20 @@ async fn finish(
     result: &JobResult,
     progress: &StageTimer,
 ) -> Outcome {
-    if let AnalysisOutcome::Failed(e) = &result.analysis {
+    let analysis_error = result.analysis.error().map(|e| {
         // The row gets our message for the code; the details are here, redacted.
         warn!(code = %e.code, error = %e.message, "the analysis failed");
+        Error::new(e.code, format!("the analysis failed: {}", e.message))
+    });
+    let finished = Event::Finished {
+        analysis_failed: analysis_error.as_ref().map(|e| e.code),
+    };
+    let store = policy::next_action(finished, facts(services, delivery, claim));
+    if store == Action::Abandon {
+        return abandoned();
     }
-    if let AnalysisOutcome::Failed(e) = &result.analysis
-        && e.code.is_retryable()
-        && !services.queue.last_attempt(delivery)
-    {
-        let err = Error::new(e.code, format!("the analysis failed: {}", e.message));
-        return retry_later(services, delivery, claim, job, &err).await;
+    if let (Action::RetryLater, Some(err)) = (store, &analysis_error) {
+        return retry_later(services, delivery, claim, job, err).await;
     }
     if let Err(e) = progress.report(Progress::at(Stage::Saving)).await {
         return decide(services, delivery, claim, job, &e).await;
@@ -616,11 +624,10 @@ async fn finish(
     if let Err(e) = services.supabase.mark_result_stored(result).await {
         return decide(services, delivery, claim, job, &e).await;
     }
-    if let AnalysisOutcome::Failed(e) = &result.analysis {
+    if let (Action::StoreAndDeadLetter, Some(err)) = (store, &analysis_error) {
         // Stored, and the row already says error (mark_result_stored); the job goes to the dead
         // letters so an operator can re-enqueue it once the analysis works again.
-        let err = Error::new(e.code, format!("the analysis failed: {}", e.message));
-        return dead_letter(services, delivery, claim, &err).await;
+        return dead_letter(services, delivery, claim, err).await;
     }
     metrics::counter!(telemetry::AUDIO_SECONDS_TOTAL).increment(result.duration_s.round() as u64);
     match services.queue.ack(&delivery.entry_id).await {
@@ -650,13 +657,38 @@ async fn decide(
     job: &Job,
     err: &Error,
 ) -> Outcome {
-    if claim.is_lost() {
-        return abandoned();
+    act(Event::Failed(err.code), services, delivery, claim, job, err).await
+}
+
+/// The facts the delivery policy decides on.
+fn facts(services: &Services, delivery: &Delivery, claim: &Claim) -> policy::Delivery {
+    policy::Delivery {
+        claim_lost: claim.is_lost(),
+        ..services.queue.attempts(delivery)
     }
-    if err.code.is_retryable() && !services.queue.last_attempt(delivery) {
-        retry_later(services, delivery, claim, job, err).await
-    } else {
-        fail(services, delivery, claim, Some(&job.session_id), err).await
+}
+
+/// Carries out what the policy says about `event` when it ends the delivery with `err`.
+async fn act(
+    event: Event,
+    services: &Services,
+    delivery: &Delivery,
+    claim: &Claim,
+    job: &Job,
+    err: &Error,
+) -> Outcome {
+    match policy::next_action(event, facts(services, delivery, claim)) {
+        Action::Abandon => abandoned(),
+        Action::RetryLater => retry_later(services, delivery, claim, job, err).await,
+        Action::Fail { mark_row } => {
+            let session = mark_row.then_some(job.session_id.as_str());
+            fail(services, delivery, claim, session, err).await
+        }
+        other => {
+            // Not an outcome of a failure: a bug here, not in the job. Fail it visibly.
+            error!(action = ?other, event = ?event, "the delivery policy gave no failure action");
+            fail(services, delivery, claim, Some(&job.session_id), err).await
+        }
     }
 }
 
