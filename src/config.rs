@@ -8,6 +8,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use secrecy::SecretString;
+
 use crate::analysis::gemini::GeminiConfig;
 use crate::error::{Error, ErrorCode, Result};
 use crate::queue::{QueueConfig, redact_url};
@@ -25,7 +27,7 @@ pub struct Config {
     /// `None` only when `ANALYSIS=off` says so explicitly: results then say `skipped`.
     pub gemini: Option<GeminiConfig>,
     /// HMAC key jobs must be signed with (JOB_SIGNING_SECRET); unsigned jobs are accepted without.
-    pub job_signing_secret: Option<String>,
+    pub job_signing_secret: Option<SecretString>,
     /// Signed jobs older than this are refused (JOB_MAX_AGE_H, 168 h).
     pub job_max_age: Duration,
     /// Jobs run at once by this process (WORKER_CONCURRENCY, 1).
@@ -247,11 +249,11 @@ impl Config {
             storage: storage.expect("no problems means storage parsed"),
             supabase: SupabaseConfig {
                 url: supabase_url,
-                service_key,
+                service_key: service_key.into(),
             },
             openai: openai.expect("no problems means OpenAI parsed"),
             gemini,
-            job_signing_secret: get("JOB_SIGNING_SECRET"),
+            job_signing_secret: get("JOB_SIGNING_SECRET").map(SecretString::from),
             job_max_age,
             concurrency,
             transcribe_concurrency,
@@ -395,6 +397,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -545,7 +548,12 @@ mod tests {
             })
             .collect();
         let c = Config::from_lookup(env(&vars)).unwrap();
-        assert!(c.supabase.service_key.starts_with("sb_secret_"));
+        assert!(
+            c.supabase
+                .service_key
+                .expose_secret()
+                .starts_with("sb_secret_")
+        );
     }
 
     #[test]

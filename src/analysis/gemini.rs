@@ -29,6 +29,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -64,7 +65,7 @@ const BLOCKING_FINISH_REASONS: [&str; 8] = [
 /// How to reach Gemini. `Debug` never prints the key.
 #[derive(Clone)]
 pub struct GeminiConfig {
-    pub api_key: String,
+    pub api_key: SecretString,
     /// Without a trailing slash; tests point it at a local fake.
     pub base_url: String,
     pub model: String,
@@ -87,7 +88,7 @@ pub struct GeminiConfig {
 
 impl GeminiConfig {
     /// Production defaults for a key.
-    pub fn new(api_key: impl Into<String>) -> Self {
+    pub fn new(api_key: impl Into<SecretString>) -> Self {
         GeminiConfig {
             api_key: api_key.into(),
             base_url: DEFAULT_BASE_URL.into(),
@@ -129,7 +130,7 @@ impl GeminiConfig {
 impl fmt::Debug for GeminiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GeminiConfig")
-            .field("api_key", &"<redacted>")
+            .field("api_key", &self.api_key)
             .field("base_url", &crate::error::redact_url(&self.base_url))
             .field("model", &self.model)
             .field("max_attempts", &self.max_attempts)
@@ -265,7 +266,7 @@ impl GeminiAnalyzer {
         let response = self
             .client
             .post(url)
-            .header("x-goog-api-key", &self.config.api_key)
+            .header("x-goog-api-key", self.config.api_key.expose_secret())
             .json(body)
             .send()
             .await
@@ -496,7 +497,7 @@ mod tests {
         let c = GeminiConfig::new("AIzaSECRET123");
         let s = format!("{c:?}");
         assert!(!s.contains("SECRET"), "{s}");
-        assert!(s.contains("<redacted>"));
+        assert!(s.contains("REDACTED"), "{s}");
         let a = GeminiAnalyzer::new(c).unwrap();
         assert!(!format!("{a:?}").contains("SECRET"));
     }
@@ -512,7 +513,7 @@ mod tests {
             _ => None,
         })
         .unwrap();
-        assert_eq!(c.api_key, "k");
+        assert_eq!(c.api_key.expose_secret(), "k");
         assert_eq!(c.base_url, "http://127.0.0.1:9");
         assert_eq!(c.model, DEFAULT_MODEL);
         assert_eq!(c.max_attempts, 4);

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -171,7 +172,7 @@ pub async fn services(config: &Config, queue: Queue) -> Result<Services> {
         signing_secret: config
             .job_signing_secret
             .as_ref()
-            .map(|s| s.as_bytes().to_vec()),
+            .map(|s| s.expose_secret().as_bytes().to_vec()),
         job_max_age: config.job_max_age,
     })
 }
@@ -326,7 +327,7 @@ async fn check_probes(config: &Config) -> Vec<Arc<dyn Probe>> {
                 sb.url.trim_end_matches('/'),
                 crate::supabase::JOBS_TABLE
             ),
-            crate::supabase::auth_headers(&sb.service_key),
+            crate::supabase::auth_headers(sb.service_key.expose_secret()),
             ErrorCode::SupabaseWriteFailed,
         ),
         http_probe(
@@ -336,7 +337,10 @@ async fn check_probes(config: &Config) -> Vec<Arc<dyn Probe>> {
                 openai.base_url.trim_end_matches('/'),
                 openai.model
             ),
-            vec![("authorization", format!("Bearer {}", openai.api_key))],
+            vec![(
+                "authorization",
+                format!("Bearer {}", openai.api_key.expose_secret()),
+            )],
             ErrorCode::WhisperFailed,
         ),
     ];
@@ -344,7 +348,7 @@ async fn check_probes(config: &Config) -> Vec<Arc<dyn Probe>> {
         probes.push(http_probe(
             "gemini model",
             format!("{}/v1beta/models/{}", g.base_url, g.model),
-            vec![("x-goog-api-key", g.api_key.clone())],
+            vec![("x-goog-api-key", g.api_key.expose_secret().to_string())],
             ErrorCode::GeminiFailed,
         ));
     }

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use postgrest::{Builder, Postgrest};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -37,12 +38,12 @@ pub const PREFER_UPSERT: &str = "resolution=merge-duplicates,return=minimal";
 pub const PREFER_INSERT_IF_ABSENT: &str = "resolution=ignore-duplicates,return=minimal";
 
 /// Where Supabase is and the key the worker writes with.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct SupabaseConfig {
     /// The project URL, e.g. `https://abcd.supabase.co` (no `/rest/v1`).
     pub url: String,
     /// The service-role key: bypasses RLS, so it never leaves this process.
-    pub service_key: String,
+    pub service_key: SecretString,
 }
 
 impl SupabaseConfig {
@@ -56,7 +57,7 @@ impl SupabaseConfig {
         };
         Some(SupabaseConfig {
             url: get("SUPABASE_URL")?,
-            service_key: get("SUPABASE_SERVICE_KEY")?,
+            service_key: get("SUPABASE_SERVICE_KEY")?.into(),
         })
     }
 
@@ -70,7 +71,7 @@ impl fmt::Debug for SupabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SupabaseConfig")
             .field("url", &crate::error::redact_url(&self.url))
-            .field("service_key", &"<redacted>")
+            .field("service_key", &self.service_key)
             .finish()
     }
 }
@@ -183,7 +184,7 @@ impl fmt::Debug for SupabaseClient {
 impl SupabaseClient {
     /// A client for `config`: 5 attempts from 1 s backoff, 15 s per request.
     pub fn new(config: &SupabaseConfig) -> Result<SupabaseClient> {
-        let key = config.service_key.trim();
+        let key = config.service_key.expose_secret().trim();
         // postgrest panics on a header value it cannot send; refuse such a key politely.
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::new(

@@ -23,6 +23,7 @@ use async_openai::types::InputSource;
 use async_openai::types::audio::{
     AudioInput, AudioResponseFormat, CreateTranscriptionRequest, TimestampGranularity,
 };
+use secrecy::{ExposeSecret, SecretString};
 
 use super::rate_gate::RateGate;
 use super::whisper_json::{self, ChunkText};
@@ -62,7 +63,7 @@ impl ResponseMode {
 /// Everything the adapter needs; `Debug` never shows the key.
 #[derive(Clone)]
 pub struct OpenAiConfig {
-    pub api_key: String,
+    pub api_key: SecretString,
     pub base_url: String,
     pub model: String,
     pub mode: ResponseMode,
@@ -73,7 +74,7 @@ pub struct OpenAiConfig {
 impl fmt::Debug for OpenAiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiConfig")
-            .field("api_key", &"<redacted>")
+            .field("api_key", &self.api_key)
             .field("base_url", &crate::error::redact_url(&self.base_url))
             .field("model", &self.model)
             .field("mode", &self.mode)
@@ -127,7 +128,7 @@ impl OpenAiConfig {
             None => Duration::from_secs(300),
         };
         Ok(Some(OpenAiConfig {
-            api_key: api_key.trim().to_string(),
+            api_key: api_key.trim().into(),
             base_url: get("OPENAI_BASE_URL").unwrap_or_else(|| DEFAULT_BASE_URL.into()),
             model,
             mode,
@@ -192,7 +193,7 @@ impl OpenAiTranscriber {
         };
         let client = Client::with_config(
             OpenAIConfig::new()
-                .with_api_key(self.config.api_key.clone())
+                .with_api_key(self.config.api_key.expose_secret())
                 .with_api_base(self.config.base_url.trim_end_matches('/')),
         )
         .with_http_service(probe);
@@ -271,7 +272,7 @@ impl OpenAiTranscriber {
         let sent = self
             .http
             .post(url)
-            .bearer_auth(&self.config.api_key)
+            .bearer_auth(self.config.api_key.expose_secret())
             .multipart(form)
             .send()
             .await;
