@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::queue::{QueueConfig, redact_url};
 use crate::storage::StorageConfig;
 use crate::supabase::SupabaseConfig;
-use crate::transcribe::openai::OpenAiConfig;
+use crate::transcribe::openai::{OpenAiConfig, ResponseMode};
 
 /// Everything `audio-worker run` needs.
 #[derive(Clone)]
@@ -307,6 +307,22 @@ impl Config {
             ("OPENAI_API_KEY", secret(true)),
             ("WHISPER_MODEL", self.openai.model.clone()),
             (
+                "WHISPER_RESPONSE_MODE",
+                match self.openai.mode {
+                    ResponseMode::Segments => "verbose_json",
+                    ResponseMode::Text => "json",
+                }
+                .into(),
+            ),
+            (
+                "WHISPER_MAX_ATTEMPTS",
+                self.openai.retry.max_attempts.to_string(),
+            ),
+            (
+                "WHISPER_TIMEOUT_S",
+                self.openai.request_timeout.as_secs().to_string(),
+            ),
+            (
                 "GEMINI_MODEL",
                 self.gemini
                     .as_ref()
@@ -344,6 +360,12 @@ impl Config {
                     .map_or("never".into(), |d| format!("{}s", d.as_secs())),
             ),
             ("WORK_DIR", self.work_dir.display().to_string()),
+            (
+                "SPEAKER_MODEL_PATH",
+                crate::speakers::embed::default_model_path()
+                    .display()
+                    .to_string(),
+            ),
             ("PORT", self.port.to_string()),
             ("METRICS_PORT", self.metrics_port.to_string()),
         ]

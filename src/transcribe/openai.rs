@@ -102,8 +102,12 @@ impl OpenAiConfig {
         let Some(api_key) = get("OPENAI_API_KEY").filter(|k| !k.trim().is_empty()) else {
             return Ok(None);
         };
+        // The caller's to fix (exit 1), not an outage to retry later.
         let bad = |var: &str, v: &str| {
-            Error::new(ErrorCode::Internal, format!("{var}={v:?} is not valid"))
+            Error::new(
+                ErrorCode::ConfigMissing,
+                format!("{var}={v:?} is not valid"),
+            )
         };
         let model = get("WHISPER_MODEL").unwrap_or_else(|| DEFAULT_MODEL.into());
         let mode = match get("WHISPER_RESPONSE_MODE") {
@@ -555,5 +559,6 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.message.contains("WHISPER_MAX_ATTEMPTS"));
+        assert_eq!(err.code, ErrorCode::ConfigMissing);
     }
 }
