@@ -4,11 +4,11 @@
 pub mod analysis;
 pub mod audio;
 pub mod config;
+pub mod contract;
 pub mod conversation;
 pub mod daemon;
 pub mod diarize;
 pub mod error;
-pub mod job;
 pub mod memory;
 pub mod pipeline;
 pub mod replay;
@@ -19,6 +19,7 @@ pub mod telemetry;
 pub mod transcribe;
 pub mod usage;
 
+pub use contract::job;
 pub use daemon::{queue, server, storage, supabase, worker};
 pub use error::{Error, ErrorCode, Result};
 

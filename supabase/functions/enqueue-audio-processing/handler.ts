@@ -1,7 +1,7 @@
 // enqueue-audio-processing: a signed-in user asks for one of their recorded sessions to be
 // processed. We check who they are (Supabase Auth), that the session and the audio key are theirs,
 // mark the session's audio_processing_jobs row queued 0 %, and append the job to the Redis stream
-// `audio:jobs` that the Rust workers consume (schemas/job.schema.json, src/job.rs).
+// `audio:jobs` that the Rust workers consume (schemas/job.schema.json, src/contract/job.rs).
 //
 // The handler takes its configuration as an argument (not Deno.env) so tests can run it against
 // fakes; index.ts binds it to the real environment. Secrets (keys, JWTs, the Redis password, the
@@ -26,7 +26,7 @@ export const BUCKET_PATTERN = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/; // table/column names we put into PostgREST URLs
 const MAX_BODY_BYTES = 16 * 1024;
 const MAX_KEY_BYTES = 1024;
-/** Bounds of the optional vocabulary (src/job.rs MAX_KEYWORDS, MAX_KEYWORD_CHARS). */
+/** Bounds of the optional vocabulary (src/contract/job.rs MAX_KEYWORDS, MAX_KEYWORD_CHARS). */
 export const MAX_KEYWORDS = 50;
 export const MAX_KEYWORD_CHARS = 64;
 // deno-lint-ignore no-control-regex
@@ -150,7 +150,7 @@ export interface Job {
 }
 
 /**
- * What the signature covers: src/job.rs `canonical_string` (the eight fields, then each keyword
+ * What the signature covers: src/contract/job.rs `canonical_string` (the eight fields, then each keyword
  * when there are any, so a job without keywords signs as it always did).
  */
 export function canonicalString(job: Job): string {
@@ -168,7 +168,7 @@ export function canonicalString(job: Job): string {
 }
 
 /**
- * Why a `keywords` value is not acceptable, or null: the worker's rule (src/job.rs
+ * Why a `keywords` value is not acceptable, or null: the worker's rule (src/contract/job.rs
  * `check_keywords`): an array of at most MAX_KEYWORDS distinct strings of 1 to MAX_KEYWORD_CHARS
  * characters, without leading or trailing space or any control character.
  */
@@ -206,7 +206,7 @@ export async function signJob(job: Job, secret: string): Promise<string> {
 }
 
 /**
- * Why an audio key is not acceptable, or null. The one key rule of the worker too (src/job.rs
+ * Why an audio key is not acceptable, or null. The one key rule of the worker too (src/contract/job.rs
  * `key_problem`, src/daemon/storage.rs); both run the shared vectors of schemas/audio-key-vectors.json.
  */
 export function keyProblem(key: string): string | null {

@@ -1006,7 +1006,7 @@ Deno.test("index.ts serves the handler with the configuration from the environme
 });
 
 Deno.test("the signature matches a vector computed outside this code", async () => {
-  // src/job.rs's known canonical string; the HMAC was computed with Python's hmac module.
+  // src/contract/job.rs's known canonical string; the HMAC was computed with Python's hmac module.
   const job: Job = {
     version: 1,
     job_id: "0b4e7c2a-5f0e-4c1d-9a57-2f7d2c6b1e11",
