@@ -131,16 +131,10 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         })?;
     let work = temp.path().to_path_buf();
 
-    ports
-        .progress
-        .report(Progress::at(Stage::Downloading))
-        .await?;
+    enter(ports, Stage::Downloading).await?;
     let input = ports.source.fetch(&work).await?;
 
-    ports
-        .progress
-        .report(Progress::at(Stage::Preprocessing))
-        .await?;
+    enter(ports, Stage::Preprocessing).await?;
     let prepared_dir = work.join("prepared");
     let mut prepare_opts = opts.prepare.clone();
     prepare_opts.write_pcm = true;
@@ -149,6 +143,7 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         move || audio::prepare(&input, &dir, &prepare_opts)
     })
     .await?;
+    log_prepared(&manifest);
     let pcm = prepared_dir.join(audio::PCM_FILE);
     let waveform = blocking({
         let pcm = pcm.clone();
@@ -204,18 +199,12 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
     let _ = forward.await;
     let transcript = transcript?;
 
-    ports
-        .progress
-        .report(Progress::at(Stage::Diarization))
-        .await?;
+    enter(ports, Stage::Diarization).await?;
     let diarization = diarize::turns::label_turns(&timeline, &turn_spans, &transcript);
     let duration_s = manifest.output.duration_s;
     let metrics = metrics::compute(&diarization.turns, duration_s);
 
-    ports
-        .progress
-        .report(Progress::at(Stage::Analyzing))
-        .await?;
+    enter(ports, Stage::Analyzing).await?;
     let analysis = match &ports.analyzer {
         None => AnalysisOutcome::Skipped,
         Some(analyzer) => {
@@ -302,17 +291,50 @@ async fn write_pieces(
     .await
 }
 
-/// Runs CPU work on tokio's blocking pool; a panic there becomes an error, not a dead worker.
+/// Logs and reports the start of a stage (the log is how a job's time reads between "claimed"
+/// and "ended").
+async fn enter(ports: &Ports, stage: Stage) -> Result<()> {
+    tracing::info!(stage = stage.as_str(), "stage started");
+    ports.progress.report(Progress::at(stage)).await
+}
+
+/// What decoding made of the recording; a damaged or cut-off one is a warning (kept, not refused:
+/// what was there is transcribed).
+fn log_prepared(manifest: &audio::manifest::Manifest) {
+    let d = &manifest.decode;
+    tracing::info!(
+        container = %manifest.source.container,
+        codec = %manifest.source.codec,
+        duration_s = manifest.output.duration_s,
+        packets = d.packets,
+        speech_regions = manifest.speech.len(),
+        gain_db = manifest.output.gain_db,
+        "audio prepared"
+    );
+    if d.truncated || d.corrupt_packets > 0 {
+        tracing::warn!(
+            truncated = d.truncated,
+            corrupt_packets = d.corrupt_packets,
+            "the recording is damaged or cut off; decoded what was there"
+        );
+    }
+}
+
+/// Runs CPU work on tokio's blocking pool, inside the caller's span (so its logs keep the job's
+/// fields); a panic there becomes an error, not a dead worker.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        let what = if e.is_panic() {
-            crate::error::panic_message(e.into_panic().as_ref())
-        } else {
-            "cancelled".into()
-        };
-        Error::new(
-            ErrorCode::Internal,
-            format!("a processing stage crashed: {what}"),
-        )
-    })?
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|e| {
+            let what = if e.is_panic() {
+                crate::error::panic_message(e.into_panic().as_ref())
+            } else {
+                "cancelled".into()
+            };
+            Error::new(
+                ErrorCode::Internal,
+                format!("a processing stage crashed: {what}"),
+            )
+        })?
 }

@@ -244,10 +244,19 @@ async fn good_jobs_complete_once_and_poison_jobs_fail_visibly_with_their_codes()
 
     // Logs: JSON on every line, the job's ids on its lines, no secret anywhere.
     let logs = std::fs::read_to_string(&worker.log).unwrap();
-    let mut job_lines = 0;
+    let (mut job_lines, mut stage_lines) = (0, 0);
     for line in logs.lines() {
         let v: Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let between = ["stage started", "audio prepared", "speaker timeline"];
+        if between
+            .iter()
+            .any(|m| v["message"].as_str().unwrap_or("").starts_with(m))
+        {
+            // What happens between claimed and ended is in the log, in the job's span.
+            assert!(v["span"]["job_id"].is_string(), "{line}");
+            stage_lines += 1;
+        }
         if v["message"] == "job claimed" || v["message"] == "job ended" {
             assert!(v["span"]["job_id"].is_string(), "{line}");
             assert_eq!(
@@ -259,6 +268,7 @@ async fn good_jobs_complete_once_and_poison_jobs_fail_visibly_with_their_codes()
         }
     }
     assert!(job_lines >= 8, "{logs}");
+    assert!(stage_lines >= 6, "{logs}");
     let everything = worker.logs();
     for secret in SECRETS {
         assert!(!everything.contains(secret), "{secret} in the logs");
