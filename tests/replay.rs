@@ -178,6 +178,19 @@ async fn the_pipeline_turns_a_recording_into_a_labelled_measured_analysed_result
     )
     .unwrap();
     common::check_against(&schema, &written, "result");
+    // The schema is checked in full, not only for shape: a wrong type, an unknown field or an
+    // out-of-range score are each found.
+    let mut bad = written.clone();
+    bad["duration_s"] = serde_json::json!("long");
+    bad["unexpected"] = serde_json::json!(1);
+    bad["turns"][0]["speaker"] = serde_json::json!("narrator");
+    let problems = common::schema_problems(&schema, &bad, "result");
+    for field in ["/duration_s", "unexpected", "/turns/0/speaker"] {
+        assert!(
+            problems.iter().any(|p| p.contains(field)),
+            "{field} not found in {problems:?}"
+        );
+    }
 }
 
 #[tokio::test]

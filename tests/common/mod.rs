@@ -138,41 +138,25 @@ pub fn in_band_ser(reference: &[f32], ours: &[f32], band_hz: f64, max_lag: isize
     best
 }
 
-/// Checks a JSON value against the parts of a JSON Schema our schemas use for shape: every object
-/// has its `required` keys and no key outside `properties`, arrays' `items`, and `enum`s. Enough
-/// to keep a published schema and what we write from drifting apart.
+/// Validates a JSON value against a published JSON Schema, every keyword of it (types, required
+/// and unknown keys, patterns, bounds, enums); panics listing each violation with its path.
 pub fn check_against(schema: &serde_json::Value, value: &serde_json::Value, at: &str) {
-    let nullable = schema["type"]
-        .as_array()
-        .is_some_and(|types| types.iter().any(|t| t == "null"));
-    if value.is_null() && nullable {
-        return;
-    }
-    if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
-        let obj = value
-            .as_object()
-            .unwrap_or_else(|| panic!("{at} must be an object"));
-        for key in schema["required"].as_array().unwrap() {
-            assert!(obj.contains_key(key.as_str().unwrap()), "{at} lacks {key}");
-        }
-        for (key, v) in obj {
-            let sub = props
-                .get(key)
-                .unwrap_or_else(|| panic!("{at}.{key} is not in the schema"));
-            check_against(sub, v, &format!("{at}.{key}"));
-        }
-    }
-    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
-        for (i, v) in array.iter().enumerate() {
-            check_against(items, v, &format!("{at}[{i}]"));
-        }
-    }
-    if let Some(options) = schema.get("enum").and_then(|e| e.as_array()) {
-        assert!(
-            options.contains(value),
-            "{at} = {value} is not one of {options:?}"
-        );
-    }
+    let problems = schema_problems(schema, value, at);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Each violation of `schema` by `value`, with its path under `at`.
+pub fn schema_problems(
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+) -> Vec<String> {
+    let validator = jsonschema::validator_for(schema)
+        .unwrap_or_else(|e| panic!("the schema for {at} is not a valid JSON Schema: {e}"));
+    validator
+        .iter_errors(value)
+        .map(|e| format!("{at}{}: {e}", e.instance_path()))
+        .collect()
 }
 
 /// What each bad input must produce: an error code, or (for damaged but usable files) success.
