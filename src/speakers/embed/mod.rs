@@ -1,28 +1,45 @@
-//! Neural speaker embeddings behind [`SpeakerEncoder`]. The one implementation is [`Ge2e`],
-//! resemblyzer 0.1.4's GE2E d-vector encoder (Apache-2.0) run natively: weights fetched and
-//! converted by `scripts/fetch-speaker-model.sh`, loaded with [`load_ge2e`].
+//! Neural speaker embeddings behind [`SpeakerEncoder`], two implementations run natively (no
+//! torch, no ONNX runtime; GEMMs with `matrixmultiply`), weights fetched and converted by
+//! `scripts/fetch-speaker-model.sh`:
 //!
-//! A window is embedded exactly as resemblyzer's `VoiceEncoder.embed_utterance` embeds a
-//! waveform after `normalize_volume(wav, -30 dBFS, increase_only=True)`: split into 1.6 s
-//! partials at 1.3 partials per second (the last kept when it covers >= 75 %, a lone short window
-//! zero-padded to 1.6 s), each partial embedded and L2-normalised, their mean L2-normalised.
-//! The only departure: digital silence stays silence (resemblyzer turns it into NaN).
+//! * [`Ge2e`], resemblyzer 0.1.4's GE2E d-vector encoder (Apache-2.0), loaded with
+//!   [`load_ge2e`]. A window is embedded exactly as resemblyzer's `VoiceEncoder.embed_utterance`
+//!   embeds a waveform after `normalize_volume(wav, -30 dBFS, increase_only=True)`: split into
+//!   1.6 s partials at 1.3 partials per second (the last kept when it covers >= 75 %, a lone
+//!   short window zero-padded to 1.6 s), each partial embedded and L2-normalised, their mean
+//!   L2-normalised. The only departure: digital silence stays silence (resemblyzer turns it into
+//!   NaN).
+//! * [`Campplus`], 3D-Speaker's CAM++ `speech_campplus_sv_zh_en_16k-common_advanced`
+//!   (Apache-2.0, trained on about 200k Chinese and English speakers), loaded with
+//!   [`load_campplus`]: the Kaldi fbank of the whole window, mean-normalised, through the network
+//!   once (no partials), L2-normalised. Far more discriminative than GE2E.
+//!
+//! [`load_encoder`] picks the one a file holds (the CAM++ file says so in its metadata).
 
+mod campplus;
+pub mod fbank;
 pub mod ge2e;
 pub mod mel;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use campplus::{CamppNet, EMBED_DIM};
+use fbank::KaldiFbank;
 use ge2e::{Ge2eNet, HIDDEN, PARTIAL_FRAMES, Scratch};
 use mel::{HOP, MelFrontEnd, N_MELS, SAMPLE_RATE};
+
+use crate::error::{Error, ErrorCode, Result};
 
 /// A model that maps speech to a fixed-size vector where the same voice lands close.
 pub trait SpeakerEncoder: Send + Sync {
     /// For `versions.diarizer`, e.g. "ge2e-resemblyzer-0.1.4".
     fn name(&self) -> &str;
-    /// Embedding dimension (256).
+    /// Embedding dimension (GE2E 256, CAM++ 192).
     fn dim(&self) -> usize;
-    /// Samples at 16 kHz of one window the model was trained on (1.6 s = 25 600).
+    /// Samples at 16 kHz of the window the model works best on (GE2E 1.6 s = 25 600, its
+    /// training partial; CAM++ 1.5 s = 24 000).
     fn window_samples(&self) -> usize;
     /// One L2-normalised embedding per window (each slice any length >= 0.5 s; shorter slices or
     /// silence must not produce NaN).
@@ -43,9 +60,28 @@ const BATCH: usize = 64;
 const PARTIAL_RATE: f64 = 1.3;
 const MIN_COVERAGE: f64 = 0.75;
 
+/// CAM++'s name, also the stem of its file and the `model` entry of its metadata.
+pub const CAMPPLUS_NAME: &str = campplus::MODEL_TAG;
+/// File name that `SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh` writes.
+pub const CAMPPLUS_FILE: &str = "campplus-3dspeaker-zh_en-common-advanced.safetensors";
+/// Environment variable naming the CAM++ file for its tests and benches (scripts/test.sh sets
+/// it) while `SPEAKER_MODEL_PATH` names the daemon's model.
+pub const CAMPPLUS_PATH_ENV: &str = "CAMPPLUS_MODEL_PATH";
+/// CAM++'s window: 1.5 s.
+const CAMPPLUS_WINDOW: usize = 24_000;
+
 /// Where the model is: `$SPEAKER_MODEL_PATH`, else the fetch script's default cache path.
 pub fn default_model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os(MODEL_PATH_ENV).filter(|p| !p.is_empty()) {
+    model_path(MODEL_PATH_ENV, GE2E_FILE)
+}
+
+/// Where the CAM++ file is: `$CAMPPLUS_MODEL_PATH`, else the fetch script's default cache path.
+pub fn campplus_model_path() -> PathBuf {
+    model_path(CAMPPLUS_PATH_ENV, CAMPPLUS_FILE)
+}
+
+fn model_path(env: &str, file: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     let cache = std::env::var_os("AUDIO_WORKER_CACHE")
@@ -55,7 +91,59 @@ pub fn default_model_path() -> PathBuf {
             let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
             home.join(".cache").join("audio-worker")
         });
-    cache.join("models").join(GE2E_FILE)
+    cache.join("models").join(file)
+}
+
+/// Loads whichever encoder `path` holds: CAM++ when its safetensors metadata says
+/// `"model": "campplus-3dspeaker-zh_en-common-advanced"`, GE2E when there is no `model` entry
+/// (its converter writes none). Errors as [`load_ge2e`]'s, plus an unknown `model`.
+pub fn load_encoder(path: &Path) -> Result<Arc<dyn SpeakerEncoder>> {
+    match model_tag(path)? {
+        None => Ok(Arc::new(load_ge2e(path)?)),
+        Some(tag) if tag == CAMPPLUS_NAME => Ok(Arc::new(load_campplus(path)?)),
+        Some(tag) => Err(Error::new(
+            ErrorCode::ConfigMissing,
+            format!(
+                "speaker model {}: unknown model {tag:?} (run scripts/fetch-speaker-model.sh \
+                 and set SPEAKER_MODEL_PATH)",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// The `model` entry of a safetensors file's `__metadata__`, reading only its header.
+fn model_tag(path: &Path) -> Result<Option<String>> {
+    let bad = |what: String| {
+        Error::new(
+            ErrorCode::ConfigMissing,
+            format!(
+                "speaker model {}: {what} (run scripts/fetch-speaker-model.sh and set \
+                 SPEAKER_MODEL_PATH)",
+                path.display()
+            ),
+        )
+    };
+    /// Far above the CAM++ header (about 60 KB); stops a corrupt length from allocating.
+    const MAX_HEADER: u64 = 16 << 20;
+    let mut file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER {
+        return Err(bad(format!("not a safetensors file: {len}-byte header")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.get("model"))
+        .and_then(|m| m.as_str())
+        .map(str::to_owned))
 }
 
 /// resemblyzer's GE2E encoder.
@@ -191,38 +279,137 @@ impl SpeakerEncoder for Ge2e {
     }
 
     fn embed(&self, windows: &[&[f32]]) -> Vec<Vec<f32>> {
-        if self.threads < 2 || windows.len() < 2 {
-            return self.embed_serial(windows);
-        }
         // Split by partial count so both threads get about the same work.
-        let costs: Vec<usize> = windows
-            .iter()
-            .map(|w| partial_starts(w.len()).len())
-            .collect();
-        let total: usize = costs.iter().sum();
-        let per = total.div_ceil(self.threads);
-        let mut bounds = vec![0];
-        let mut acc = 0;
-        for (i, c) in costs.iter().enumerate() {
-            acc += c;
-            if acc >= per * bounds.len() && bounds.len() < self.threads && i + 1 < windows.len() {
-                bounds.push(i + 1);
-            }
+        in_parallel(
+            windows,
+            self.threads,
+            |w| partial_starts(w.len()).len(),
+            |part| self.embed_serial(part),
+        )
+    }
+}
+
+/// Runs `serial` on consecutive runs of `windows` on up to `threads` scoped threads, split so
+/// that each run's `cost` is about the same, and concatenates the results in order.
+fn in_parallel(
+    windows: &[&[f32]],
+    threads: usize,
+    cost: impl Fn(&[f32]) -> usize,
+    serial: impl Fn(&[&[f32]]) -> Vec<Vec<f32>> + Sync,
+) -> Vec<Vec<f32>> {
+    if threads < 2 || windows.len() < 2 {
+        return serial(windows);
+    }
+    let costs: Vec<usize> = windows.iter().map(|w| cost(w)).collect();
+    let total: usize = costs.iter().sum();
+    let per = total.div_ceil(threads);
+    let mut bounds = vec![0];
+    let mut acc = 0;
+    for (i, c) in costs.iter().enumerate() {
+        acc += c;
+        if acc >= per * bounds.len() && bounds.len() < threads && i + 1 < windows.len() {
+            bounds.push(i + 1);
         }
-        bounds.push(windows.len());
-        std::thread::scope(|s| {
-            let handles: Vec<_> = bounds
-                .windows(2)
-                .map(|r| {
-                    let part = &windows[r[0]..r[1]];
-                    s.spawn(move || self.embed_serial(part))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
+    }
+    bounds.push(windows.len());
+    let serial = &serial;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = bounds
+            .windows(2)
+            .map(|r| {
+                let part = &windows[r[0]..r[1]];
+                s.spawn(move || serial(part))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// 3D-Speaker's CAM++ encoder.
+pub struct Campplus {
+    net: CamppNet,
+    front: KaldiFbank,
+    threads: usize,
+}
+
+/// Loads the safetensors file made by `SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh`.
+/// A missing, truncated, foreign (e.g. the GE2E file) or wrongly shaped file is a
+/// `ConfigMissing` error naming the file and the fix.
+pub fn load_campplus(path: &Path) -> Result<Campplus> {
+    let net = CamppNet::load(path)?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2);
+    Ok(Campplus {
+        net,
+        front: KaldiFbank::new(),
+        threads,
+    })
+}
+
+impl Campplus {
+    /// Threads one `embed` call uses (default: available parallelism, at most 2).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Embeds windows one at a time on this thread, reusing one [`campplus::Scratch`] (see its
+    /// size there: about 7 MB for 1.6 s windows).
+    ///
+    /// A window shorter than one fbank frame (25 ms) has no features: it gets the uniform unit
+    /// vector, as an all-zero embedding would from [`ge2e::l2_normalise`]. Digital silence (and
+    /// any window whose frames all have the same spectrum) has all-zero features after the mean
+    /// normalisation and gets the network's finite answer for them, which depends only on the
+    /// window's length. Non-finite samples count as silence.
+    fn embed_serial(&self, windows: &[&[f32]]) -> Vec<Vec<f32>> {
+        let mut scratch = campplus::Scratch::default();
+        let mut wav = Vec::new();
+        let mut feats = Vec::new();
+        windows
+            .iter()
+            .map(|window| {
+                let mut e = vec![0.0; EMBED_DIM];
+                wav.clear();
+                wav.extend(window.iter().map(|&s| if s.is_finite() { s } else { 0.0 }));
+                feats.clear();
+                self.front.fbank_into(&wav, &mut feats);
+                let frames = feats.len() / fbank::N_MELS;
+                if frames > 0 {
+                    fbank::subtract_mean(&mut feats);
+                    self.net.forward(&feats, frames, &mut scratch, &mut e);
+                }
+                ge2e::l2_normalise(&mut e);
+                e
+            })
+            .collect()
+    }
+}
+
+impl SpeakerEncoder for Campplus {
+    fn name(&self) -> &str {
+        CAMPPLUS_NAME
+    }
+
+    fn dim(&self) -> usize {
+        EMBED_DIM
+    }
+
+    fn window_samples(&self) -> usize {
+        CAMPPLUS_WINDOW
+    }
+
+    fn embed(&self, windows: &[&[f32]]) -> Vec<Vec<f32>> {
+        // The network's cost grows with the window's length.
+        in_parallel(
+            windows,
+            self.threads,
+            |w| w.len(),
+            |part| self.embed_serial(part),
+        )
     }
 }
 
