@@ -32,7 +32,7 @@ use symphonia::core::units::TimeBase;
 use super::TARGET_RATE;
 use super::aac;
 use super::mp4_edit;
-use super::opus::{self, OpusHead, Segment};
+use super::opus::{self, LinkTrim, OpusHead, Segment};
 use super::resample::MonoResampler;
 use super::wav_header;
 use crate::error::{Error, ErrorCode, Result, panic_message};
@@ -340,11 +340,12 @@ fn decoder_rate(decoder: &dyn AudioDecoder, container_rate: Option<u32>) -> Resu
 /// Opus, from the durations in their TOC bytes, which no container can lie about), before any of
 /// it is decoded. Used when the headers declare no duration: a 315 KB WebM of 2-byte packets
 /// holds five hours, and decoding four of them took 18 s and spilled 920 MB before the limit hit.
-/// Demuxing costs a small fraction of decoding. A chained Ogg file is refused here too.
+/// Demuxing costs a small fraction of decoding. Chained Ogg Opus links count together; other
+/// chained Ogg files are refused here.
 fn scan_duration(
     path: &Path,
     bytes: u64,
-    track_id: u32,
+    mut track_id: u32,
     is_opus: bool,
     limits: &DecodeLimits,
 ) -> Result<()> {
@@ -364,6 +365,11 @@ fn scan_duration(
         let packet = match format.next_packet() {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(()),
+            // A chained Ogg Opus link: its packets count towards the same recording.
+            Err(SymphoniaError::ResetRequired) if is_opus => {
+                track_id = next_link(format.as_ref())?.0;
+                continue;
+            }
             Err(SymphoniaError::ResetRequired) => return Err(chained_ogg()),
             Err(_) => return Ok(()), // damage: the decode decides what it means
         };
@@ -398,7 +404,7 @@ fn chained_ogg() -> Error {
     Error::new(
         ErrorCode::AudioUnsupportedFormat,
         "the Ogg file chains several recordings one after another (chained Ogg streams); \
-         only a single recording per file is supported",
+         that is supported for Opus only",
     )
 }
 
@@ -775,11 +781,29 @@ impl<'a> Batcher<'a> {
 /// stream there (what was read is kept and the report says truncated); one that breaks off before
 /// any audio is a decode failure.
 fn next_packet(format: &mut dyn FormatReader, stats: &mut Stats) -> Result<Option<Packet>> {
+    match read_packet(format, stats)? {
+        Next::Packet(packet) => Ok(Some(packet)),
+        Next::End => Ok(None),
+        // Stopping at the end of the first link would silently drop everything after it.
+        Next::NewLink => Err(chained_ogg()),
+    }
+}
+
+/// What the demuxer has next.
+enum Next {
+    Packet(Packet),
+    /// symphonia's Ogg reader found a second recording chained after the first; its tracks are
+    /// now the new link's.
+    NewLink,
+    End,
+}
+
+/// [`next_packet`], but a chained Ogg link is the caller's to handle.
+fn read_packet(format: &mut dyn FormatReader, stats: &mut Stats) -> Result<Next> {
     match format.next_packet() {
-        Ok(packet) => Ok(packet),
-        // symphonia's Ogg reader found a second recording chained after the first; stopping
-        // there would silently drop everything after the first link.
-        Err(SymphoniaError::ResetRequired) => Err(chained_ogg()),
+        Ok(Some(packet)) => Ok(Next::Packet(packet)),
+        Ok(None) => Ok(Next::End),
+        Err(SymphoniaError::ResetRequired) => Ok(Next::NewLink),
         Err(e) if stats.packets == 0 => Err(Error::new(
             ErrorCode::AudioDecodeFailed,
             format!("the audio data cannot be read: {e}"),
@@ -790,11 +814,11 @@ fn next_packet(format: &mut dyn FormatReader, stats: &mut Stats) -> Result<Optio
             if e.kind() == std::io::ErrorKind::UnexpectedEof
                 && format.format_info().format == FORMAT_ID_MKV =>
         {
-            Ok(None)
+            Ok(Next::End)
         }
         Err(_) => {
             stats.truncated = true;
-            Ok(None)
+            Ok(Next::End)
         }
     }
 }
@@ -881,18 +905,7 @@ fn decode_opus(
     sink: &mut Sink<'_>,
 ) -> Result<Stats> {
     let head = opus_track.head();
-    if let Some(h) = head
-        && h.channels > 2
-        && h.mapping_family != 0
-    {
-        return Err(Error::new(
-            ErrorCode::AudioUnsupportedFormat,
-            format!(
-                "multichannel Opus ({} channels) is not supported",
-                h.channels
-            ),
-        ));
-    }
+    check_channels(head)?;
     let rate = limits.opus_rate;
     if !opus::NATIVE_RATES.contains(&rate) {
         return Err(Error::new(
@@ -903,7 +916,11 @@ fn decode_opus(
     let ratio = u64::from(opus::OPUS_CLOCK / rate);
     let ogg = format.format_info().short_name == "ogg";
     let (skip, keep) = opus_track.trim_48k(head, track.delay.unwrap_or(0), ogg);
-    let mut trimmer = Trimmer::new(skip / ratio, keep.map(|n| n / ratio), end_tolerance(rate));
+    let first = LinkTrim {
+        skip_48k: skip,
+        keep_48k: keep,
+    };
+    let mut trimmer = LinkTrimmer::new(first, ratio, end_tolerance(rate));
     let mut resampler = MonoResampler::new(rate)?;
 
     let threads = limits.threads.max(1);
@@ -937,8 +954,11 @@ fn decode_opus(
         drop(result_tx);
 
         let mut corrupt = 0u64;
-        let consumed = emit_in_order(result_rx, &credit_tx, &mut corrupt, &mut |b| {
-            trimmer.push(b, &mut |t| resampler.push(t, sink))
+        let consumed = emit_in_order(result_rx, &credit_tx, &mut corrupt, &mut |decoded| {
+            if let Some(link) = decoded.starts_link {
+                trimmer.start_link(link);
+            }
+            trimmer.push(&decoded.samples, &mut |t| resampler.push(t, sink))
         });
         drop(credit_tx);
         let demuxed = join(demux);
@@ -951,6 +971,87 @@ fn decode_opus(
     })
 }
 
+/// Checks an `OpusHead`'s channel layout: stereo at most, or any count in mapping family 0.
+fn check_channels(head: Option<OpusHead>) -> Result<()> {
+    match head {
+        Some(h) if h.channels > 2 && h.mapping_family != 0 => Err(Error::new(
+            ErrorCode::AudioUnsupportedFormat,
+            format!(
+                "multichannel Opus ({} channels) is not supported",
+                h.channels
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The track id and trim of the chained Ogg link that `format` has just moved to. Every link
+/// must be Opus: another codec would need a decoder of its own mid-stream.
+fn next_link(format: &dyn FormatReader) -> Result<(u32, LinkTrim)> {
+    let track = format
+        .default_track(TrackType::Audio)
+        .filter(|t| matches!(&t.codec_params, Some(CodecParameters::Audio(p)) if p.codec == CODEC_ID_OPUS))
+        .ok_or_else(chained_ogg)?;
+    let Some(CodecParameters::Audio(params)) = &track.codec_params else {
+        unreachable!("filtered on audio parameters");
+    };
+    let link = OpusTrack {
+        extra_data: params.extra_data.as_deref(),
+        mp4: false,
+        edit: None,
+        declared_48k: track.num_frames,
+    };
+    let head = link.head();
+    check_channels(head)?;
+    let (skip_48k, keep_48k) = link.trim_48k(head, track.delay.unwrap_or(0), true);
+    Ok((track.id, LinkTrim { skip_48k, keep_48k }))
+}
+
+/// Trims each chained Ogg link on its own: its pre-skip at its start, its padding at its end.
+/// Every other file is one link.
+struct LinkTrimmer {
+    current: Trimmer,
+    /// Frames emitted by the links before the current one.
+    before: u64,
+    /// 48 kHz frames per frame that libopus renders.
+    ratio: u64,
+    tolerance: u64,
+}
+
+impl LinkTrimmer {
+    fn new(first: LinkTrim, ratio: u64, tolerance: u64) -> LinkTrimmer {
+        LinkTrimmer {
+            current: Self::trimmer(first, ratio, tolerance),
+            before: 0,
+            ratio,
+            tolerance,
+        }
+    }
+
+    fn trimmer(trim: LinkTrim, ratio: u64, tolerance: u64) -> Trimmer {
+        Trimmer::new(
+            trim.skip_48k / ratio,
+            trim.keep_48k.map(|n| n / ratio),
+            tolerance,
+        )
+    }
+
+    /// Ends the current link (what it held past its end is its padding) and starts the next.
+    fn start_link(&mut self, trim: LinkTrim) {
+        self.before += self.current.emitted();
+        self.current = Self::trimmer(trim, self.ratio, self.tolerance);
+    }
+
+    fn push(&mut self, block: &[f32], sink: &mut Sink<'_>) -> Result<()> {
+        self.current.push(block, sink)
+    }
+
+    /// Frames emitted over all links.
+    fn emitted(&self) -> u64 {
+        self.before + self.current.emitted()
+    }
+}
+
 /// Reads Opus packets and cuts them into segments for the decoder threads. Waits for a credit
 /// before each segment so no more than a fixed number are in memory.
 fn demux_opus(
@@ -960,14 +1061,28 @@ fn demux_opus(
     credits: &Receiver<()>,
 ) -> Result<Stats> {
     let mut stats = Stats::default();
-    let mut segment = Segment {
-        index: 0,
-        pre_roll: Vec::new(),
-        packets: Vec::new(),
-        frames_48k: 0,
-    };
+    let mut track_id = track_id;
+    let mut segment = Segment::first();
     let send = |segment: Segment| -> bool { credits.recv().is_ok() && jobs.send(segment).is_ok() };
-    while let Some(packet) = next_packet(format, &mut stats)? {
+    loop {
+        let packet = match read_packet(format, &mut stats)? {
+            Next::Packet(packet) => packet,
+            Next::End => break,
+            Next::NewLink => {
+                let (id, trim) = next_link(format)?;
+                track_id = id;
+                // A new link is a new stream: its first segment starts a cold decoder.
+                if !segment.packets.is_empty() {
+                    let next = segment.successor();
+                    if !send(std::mem::replace(&mut segment, next)) {
+                        return Ok(stats);
+                    }
+                }
+                segment.pre_roll.clear();
+                segment.starts_link = Some(trim);
+                continue;
+            }
+        };
         if packet.track_id != track_id {
             continue;
         }
@@ -977,13 +1092,7 @@ fn demux_opus(
         segment.frames_48k += frames as u64;
         segment.packets.push(packet.data);
         if opus::segment_full(segment.frames_48k) {
-            let from = segment.packets.len().saturating_sub(opus::PRE_ROLL_PACKETS);
-            let next = Segment {
-                index: segment.index + 1,
-                pre_roll: segment.packets[from..].to_vec(),
-                packets: Vec::new(),
-                frames_48k: 0,
-            };
+            let next = segment.successor();
             if !send(std::mem::replace(&mut segment, next)) {
                 return Ok(stats); // the consumer stopped; it reports why
             }
@@ -1000,7 +1109,7 @@ fn emit_in_order(
     results: Receiver<Result<opus::DecodedSegment, String>>,
     credits: &SyncSender<()>,
     corrupt: &mut u64,
-    emit: &mut Sink<'_>,
+    emit: &mut dyn FnMut(&opus::DecodedSegment) -> Result<()>,
 ) -> Result<()> {
     let mut waiting = BTreeMap::new();
     let mut next = 0usize;
@@ -1009,7 +1118,7 @@ fn emit_in_order(
         waiting.insert(decoded.index, decoded);
         while let Some(decoded) = waiting.remove(&next) {
             *corrupt += decoded.corrupt_packets;
-            emit(&decoded.samples)?;
+            emit(&decoded)?;
             // Give the demuxer back a credit; if it has already finished, nobody needs one.
             let _ = credits.try_send(());
             next += 1;
