@@ -456,12 +456,34 @@ fn the_duration_limit_is_enforced_before_decoding() {
     }
 }
 
-/// Each refusal names what is wrong, so the user can do something about it.
+/// Each refusal names what is wrong, so the user can do something about it. Chained Ogg is
+/// decoded for Opus only: a chain of Vorbis recordings, or Opus followed by Vorbis, is refused.
 #[test]
 fn unsupported_inputs_say_what_they_are() {
-    for (input, words) in [("bad/amr-nb.3gp", "AMR-NB")] {
-        let (result, samples) = decode_counting(&fixture(input), &DecodeLimits::default());
-        let err = result.expect_err(input);
+    let dir = tempfile::tempdir().unwrap();
+    let chain = |name: &str, links: &[&str]| {
+        let path = dir.path().join(name);
+        let bytes: Vec<u8> = links
+            .iter()
+            .flat_map(|l| std::fs::read(fixture(l)).unwrap())
+            .collect();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    for (input, words) in [
+        (fixture("bad/amr-nb.3gp"), "AMR-NB"),
+        (
+            chain("vorbis.ogg", &["audio/speech.ogg", "audio/speech.ogg"]),
+            "chained Ogg",
+        ),
+        (
+            chain("mixed.ogg", &["audio/speech.opus", "audio/speech.ogg"]),
+            "chained Ogg",
+        ),
+    ] {
+        let input = input.display().to_string();
+        let (result, samples) = decode_counting(Path::new(&input), &DecodeLimits::default());
+        let err = result.expect_err(&input);
         assert_eq!(
             err.code,
             ErrorCode::AudioUnsupportedFormat,
