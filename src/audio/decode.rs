@@ -1,14 +1,15 @@
 //! Decoding any recording a browser or a user can give us into 16 kHz mono, streaming.
 //!
 //! The container is recognised from the bytes (never the file name). Opus goes straight to
-//! libopus at 16 kHz on every core ([`super::opus`]); everything else goes through symphonia's
-//! decoder on one thread while the calling thread downmixes and resamples, so two cores are busy
-//! either way. Encoder delay and padding are removed so the output starts and ends where the
-//! recording does: Opus pre-skip from `OpusHead` (MP4's big-endian `dOps`), AAC priming from the
-//! MP4 edit list, MP3 and Vorbis from what symphonia reads (LAME tag, Ogg granules). Every buffer
-//! is resampled at the rate the decoder produced it at, never the container's (HE-AAC). The
-//! duration limit is checked against the container's timestamps before decoding when the
-//! headers declare no duration ([`scan_duration`]).
+//! libopus at 16 kHz on every core ([`super::opus`]); everything else is decoded by symphonia,
+//! downmixed and trimmed on one thread and resampled on another while the calling thread hands
+//! the 16 kHz blocks on ([`decode_symphonia`]), so two cores are busy either way. Encoder delay
+//! and padding are removed so the output starts and ends where the recording does: Opus pre-skip
+//! from `OpusHead` (MP4's big-endian `dOps`), AAC priming from the MP4 edit list, MP3 and Vorbis
+//! from what symphonia reads (LAME tag, Ogg granules). Chained Ogg Opus links are trimmed one by
+//! one. Every buffer is resampled at the rate the decoder produced it at, never the container's
+//! (HE-AAC). The duration limit is checked against the container's timestamps before decoding
+//! when the headers declare no duration ([`scan_duration`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -18,7 +19,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
 use symphonia::core::codecs::CodecParameters;
-use symphonia::core::codecs::audio::well_known::{CODEC_ID_AAC, CODEC_ID_OPUS};
+use symphonia::core::codecs::audio::well_known::{CODEC_ID_AAC, CODEC_ID_OPUS, CODEC_ID_PCM_S16LE};
 use symphonia::core::codecs::audio::{AudioCodecParameters, AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::probe::Hint;
@@ -32,7 +33,7 @@ use symphonia::core::units::TimeBase;
 use super::TARGET_RATE;
 use super::aac;
 use super::mp4_edit;
-use super::opus::{self, OpusHead, Segment};
+use super::opus::{self, LinkTrim, OpusHead, Segment};
 use super::resample::MonoResampler;
 use super::wav_header;
 use crate::error::{Error, ErrorCode, Result, panic_message};
@@ -340,11 +341,12 @@ fn decoder_rate(decoder: &dyn AudioDecoder, container_rate: Option<u32>) -> Resu
 /// Opus, from the durations in their TOC bytes, which no container can lie about), before any of
 /// it is decoded. Used when the headers declare no duration: a 315 KB WebM of 2-byte packets
 /// holds five hours, and decoding four of them took 18 s and spilled 920 MB before the limit hit.
-/// Demuxing costs a small fraction of decoding. A chained Ogg file is refused here too.
+/// Demuxing costs a small fraction of decoding. Chained Ogg Opus links count together; other
+/// chained Ogg files are refused here.
 fn scan_duration(
     path: &Path,
     bytes: u64,
-    track_id: u32,
+    mut track_id: u32,
     is_opus: bool,
     limits: &DecodeLimits,
 ) -> Result<()> {
@@ -364,6 +366,11 @@ fn scan_duration(
         let packet = match format.next_packet() {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(()),
+            // A chained Ogg Opus link: its packets count towards the same recording.
+            Err(SymphoniaError::ResetRequired) if is_opus => {
+                track_id = next_link(format.as_ref())?.0;
+                continue;
+            }
             Err(SymphoniaError::ResetRequired) => return Err(chained_ogg()),
             Err(_) => return Ok(()), // damage: the decode decides what it means
         };
@@ -398,7 +405,7 @@ fn chained_ogg() -> Error {
     Error::new(
         ErrorCode::AudioUnsupportedFormat,
         "the Ogg file chains several recordings one after another (chained Ogg streams); \
-         only a single recording per file is supported",
+         that is supported for Opus only",
     )
 }
 
@@ -589,11 +596,12 @@ impl Trimmer {
     }
 }
 
-/// Decodes a non-Opus track with symphonia on a worker thread: it decodes, downmixes, trims and
-/// resamples; this thread hands the 16 kHz blocks on.
+/// Decodes a non-Opus track with symphonia in a pipeline of three threads, so that two cores
+/// share the work: one decodes, downmixes and trims; one resamples; this one hands the 16 kHz
+/// blocks on. Each link holds at most `BLOCKS_IN_FLIGHT` blocks (64 KB each).
 fn decode_symphonia(
-    mut format: Box<dyn FormatReader>,
-    mut decoder: Box<dyn AudioDecoder>,
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn AudioDecoder>,
     track: &Track,
     edit: Option<mp4_edit::AudioEdit>,
     info: &mut SourceInfo,
@@ -601,65 +609,32 @@ fn decode_symphonia(
 ) -> Result<Stats> {
     info.codec = codec_name(decoder.codec_info().short_name);
     let rate = info.sample_rate;
-    let track_id = track.id;
-    let frames_per_tick = track
-        .time_base
-        .map(|tb| f64::from(tb.numer.get()) * f64::from(rate) / f64::from(tb.denom.get()));
-
-    let (tx, rx) = sync_channel::<Vec<f32>>(BLOCKS_IN_FLIGHT);
     let (skip, keep) = edit.map_or((0, None), |e| e.at_rate(rate));
-    let mut trimmer = Trimmer::new(skip, keep, end_tolerance(rate));
-    let mut resampler = RateFollower::new(rate)?;
+    let decoding = Decoding {
+        format,
+        s16_channels: s16_interleaved(decoder.codec_params()),
+        decoder,
+        track_id: track.id,
+        frames_per_tick: track
+            .time_base
+            .map(|tb| f64::from(tb.numer.get()) * f64::from(rate) / f64::from(tb.denom.get())),
+        rate,
+        trimmer: Trimmer::new(skip, keep, end_tolerance(rate)),
+    };
+    let resampler = RateFollower::new(rate)?;
+    let (source_tx, source_rx) = sync_channel::<SourceBlock>(BLOCKS_IN_FLIGHT);
+    let (tx, rx) = sync_channel::<Vec<f32>>(BLOCKS_IN_FLIGHT);
 
-    // Measured on a 48 kHz stereo WAV this split keeps both cores busiest.
     std::thread::scope(|scope| {
-        let decode = std::thread::Builder::new()
-            .name("decode".into())
-            .spawn_scoped(scope, move || -> Result<(Stats, u32, u32)> {
-                let mut stats = Stats::default();
-                let mut channels = 0u32;
-                let mut interleaved: Vec<f32> = Vec::new();
-                let mut mono: Vec<f32> = Vec::new();
-                let mut out = Batcher::new(&tx);
-                let mut last_frames = 0usize;
-                while let Some(packet) = next_packet(format.as_mut(), &mut stats)? {
-                    if packet.track_id != track_id {
-                        continue;
-                    }
-                    stats.packets += 1;
-                    match decoder.decode(&packet) {
-                        Ok(buf) => {
-                            let n = buf.spec().channels().count().max(1);
-                            channels = channels.max(n as u32);
-                            resampler.follow(buf.spec().rate(), &mut |r| out.push(r))?;
-                            interleaved.resize(buf.samples_interleaved(), 0.0);
-                            buf.copy_to_slice_interleaved(&mut interleaved[..]);
-                            last_frames = buf.frames();
-                            downmix(&interleaved, n, &mut mono);
-                        }
-                        Err(_) => {
-                            // Keep the timeline: a lost packet becomes silence of its length.
-                            stats.corrupt += 1;
-                            // The duration comes from the container, which is as damaged as
-                            // the packet: one claiming hours made us allocate gigabytes (found
-                            // by fuzzing: fixtures/fuzz/mp4-lost-packet-huge-duration-oom.m4a).
-                            // No codec's packet lasts a second; beyond that, use the last length.
-                            let frames = frames_per_tick
-                                .map(|f| (packet.dur.get() as f64 * f).round() as usize)
-                                .filter(|n| *n > 0 && *n <= rate as usize)
-                                .unwrap_or(last_frames);
-                            mono.clear();
-                            mono.resize(frames, 0.0);
-                        }
-                    }
-                    trimmer.push(&mono, &mut |b| resampler.push(b, &mut |r| out.push(r)))?;
-                }
-                resampler.finish(&mut |r| out.push(r))?;
-                out.flush()?;
-                stats.source_frames = trimmer.emitted();
-                Ok((stats, channels, resampler.first_rate()))
+        let spawn = |name: &str| std::thread::Builder::new().name(name.into());
+        let decode = spawn("decode")
+            .spawn_scoped(scope, move || {
+                decoding.run(&mut SourceBatcher::new(&source_tx))
             })
             .map_err(|e| Error::io("cannot start the decoder thread", e))?;
+        let resample = spawn("resample")
+            .spawn_scoped(scope, move || resample_blocks(source_rx, resampler, &tx))
+            .map_err(|e| Error::io("cannot start the resampler thread", e))?;
 
         let mut consumed = Ok(());
         for block in rx.iter() {
@@ -669,17 +644,189 @@ fn decode_symphonia(
             }
         }
         drop(rx);
-        // The consumer's error (a limit, a full disk) explains a decoder that stopped early, so
-        // it wins over the decoder's own "the consumer stopped".
+        // The consumer's error (a limit, a full disk) explains a stage that stopped early, so it
+        // wins over that stage's own "the consumer stopped"; likewise the resampler's over the
+        // decoder's.
+        let resampled = join(resample);
         let decoded = join(decode);
         consumed?;
-        let (stats, channels, decoded_rate) = decoded??;
+        let decoded_rate = resampled??;
+        let (stats, channels) = decoded??;
         if info.channels == 0 {
             info.channels = channels;
         }
         info.sample_rate = decoded_rate;
         Ok(stats)
     })
+}
+
+/// The first stage of [`decode_symphonia`]: everything up to the resampler.
+struct Decoding {
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn AudioDecoder>,
+    track_id: u32,
+    /// Source frames per container tick, to give a lost packet its length.
+    frames_per_tick: Option<f64>,
+    rate: u32,
+    trimmer: Trimmer,
+    /// Set for 16-bit little-endian PCM, which is converted here (see [`s16_interleaved`]).
+    s16_channels: Option<usize>,
+}
+
+/// The channel count of a 16-bit little-endian PCM track (the WAV that every tool writes), which
+/// we convert to float ourselves: symphonia's decoder fills planar buffers sample by sample and
+/// then interleaves them again, a quarter of all the CPU a 48 kHz stereo WAV costs. The
+/// conversion is symphonia's own (`s / 32768`), so the samples are the same to the bit.
+fn s16_interleaved(params: &AudioCodecParameters) -> Option<usize> {
+    let sixteen = |bits: Option<u32>| bits.is_none_or(|b| b == 16);
+    let channels = params.channels.as_ref()?.count();
+    (params.codec == CODEC_ID_PCM_S16LE
+        && sixteen(params.bits_per_sample)
+        && sixteen(params.bits_per_coded_sample)
+        && channels > 0)
+        .then_some(channels)
+}
+
+impl Decoding {
+    /// Decodes every packet into mono at its decoded rate, trimmed. Returns the counters and the
+    /// most channels a buffer had.
+    fn run(mut self, out: &mut SourceBatcher<'_>) -> Result<(Stats, u32)> {
+        let mut stats = Stats::default();
+        let mut channels = 0u32;
+        let mut interleaved: Vec<f32> = Vec::new();
+        let mut mono: Vec<f32> = Vec::new();
+        let mut last_frames = 0usize;
+        while let Some(packet) = next_packet(self.format.as_mut(), &mut stats)? {
+            if packet.track_id != self.track_id {
+                continue;
+            }
+            stats.packets += 1;
+            match self.decode(&packet, &mut interleaved) {
+                Some((rate, n)) => {
+                    channels = channels.max(n as u32);
+                    out.set_rate(rate)?;
+                    last_frames = interleaved.len() / n;
+                    downmix(&interleaved, n, &mut mono);
+                }
+                None => {
+                    // Keep the timeline: a lost packet becomes silence of its length.
+                    stats.corrupt += 1;
+                    mono.clear();
+                    mono.resize(self.lost_frames(&packet, last_frames), 0.0);
+                }
+            }
+            self.trimmer.push(&mono, &mut |b| out.push(b))?;
+        }
+        out.finish()?;
+        stats.source_frames = self.trimmer.emitted();
+        Ok((stats, channels))
+    }
+
+    /// Decodes one packet into interleaved float samples; returns their rate and channel count,
+    /// or `None` when the packet is corrupt.
+    fn decode(&mut self, packet: &Packet, interleaved: &mut Vec<f32>) -> Option<(u32, usize)> {
+        if let Some(n) = self.s16_channels {
+            let frames = packet.data.len() / (2 * n);
+            interleaved.clear();
+            interleaved.extend(
+                packet.data[..frames * 2 * n]
+                    .chunks_exact(2)
+                    .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32_768.0),
+            );
+            return Some((self.rate, n));
+        }
+        let buf = self.decoder.decode(packet).ok()?;
+        let n = buf.spec().channels().count().max(1);
+        interleaved.resize(buf.samples_interleaved(), 0.0);
+        buf.copy_to_slice_interleaved(&mut interleaved[..]);
+        Some((buf.spec().rate(), n))
+    }
+
+    /// The length of a packet that failed to decode. The duration comes from the container,
+    /// which is as damaged as the packet: one claiming hours made us allocate gigabytes (found
+    /// by fuzzing: fixtures/fuzz/mp4-lost-packet-huge-duration-oom.m4a). No codec's packet lasts
+    /// a second; beyond that, the last packet's length.
+    fn lost_frames(&self, packet: &Packet, last_frames: usize) -> usize {
+        self.frames_per_tick
+            .map(|f| (packet.dur.get() as f64 * f).round() as usize)
+            .filter(|n| *n > 0 && *n <= self.rate as usize)
+            .unwrap_or(last_frames)
+    }
+}
+
+/// Mono samples at the rate they were decoded at, on their way to the resampler.
+struct SourceBlock {
+    rate: u32,
+    samples: Vec<f32>,
+}
+
+/// Collects decoded mono samples into blocks for the resampler thread. A change of rate ends the
+/// block (even an empty one), so the resampler sees every change where the decoder made it.
+struct SourceBatcher<'a> {
+    tx: &'a SyncSender<SourceBlock>,
+    rate: Option<u32>,
+    samples: Vec<f32>,
+}
+
+impl<'a> SourceBatcher<'a> {
+    const BLOCK: usize = 16_384;
+
+    fn new(tx: &'a SyncSender<SourceBlock>) -> Self {
+        SourceBatcher {
+            tx,
+            rate: None,
+            samples: Vec::with_capacity(Self::BLOCK),
+        }
+    }
+
+    /// Called with each decoded buffer's rate before its samples are pushed.
+    fn set_rate(&mut self, rate: u32) -> Result<()> {
+        if self.rate != Some(rate) {
+            self.send()?;
+            self.rate = Some(rate);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, samples: &[f32]) -> Result<()> {
+        self.samples.extend_from_slice(samples);
+        if self.samples.len() >= Self::BLOCK {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.send()
+    }
+
+    /// Sends what is held, if any rate has been seen. Fails when the resampler has gone away.
+    fn send(&mut self) -> Result<()> {
+        let Some(rate) = self.rate else {
+            return Ok(());
+        };
+        let samples = std::mem::replace(&mut self.samples, Vec::with_capacity(Self::BLOCK));
+        self.tx
+            .send(SourceBlock { rate, samples })
+            .map_err(|_| Error::new(ErrorCode::Internal, "the resampler stopped"))
+    }
+}
+
+/// The second stage of [`decode_symphonia`]: resamples each block at its own rate to 16 kHz.
+/// Returns the rate of the first decoded buffer.
+fn resample_blocks(
+    blocks: Receiver<SourceBlock>,
+    mut resampler: RateFollower,
+    tx: &SyncSender<Vec<f32>>,
+) -> Result<u32> {
+    let mut out = Batcher::new(tx);
+    for block in blocks {
+        resampler.follow(block.rate, &mut |r| out.push(r))?;
+        resampler.push(&block.samples, &mut |r| out.push(r))?;
+    }
+    resampler.finish(&mut |r| out.push(r))?;
+    out.flush()?;
+    Ok(resampler.first_rate())
 }
 
 /// A resampler to 16 kHz from whatever rate the decoded buffers come at.
@@ -775,11 +922,29 @@ impl<'a> Batcher<'a> {
 /// stream there (what was read is kept and the report says truncated); one that breaks off before
 /// any audio is a decode failure.
 fn next_packet(format: &mut dyn FormatReader, stats: &mut Stats) -> Result<Option<Packet>> {
+    match read_packet(format, stats)? {
+        Next::Packet(packet) => Ok(Some(packet)),
+        Next::End => Ok(None),
+        // Stopping at the end of the first link would silently drop everything after it.
+        Next::NewLink => Err(chained_ogg()),
+    }
+}
+
+/// What the demuxer has next.
+enum Next {
+    Packet(Packet),
+    /// symphonia's Ogg reader found a second recording chained after the first; its tracks are
+    /// now the new link's.
+    NewLink,
+    End,
+}
+
+/// [`next_packet`], but a chained Ogg link is the caller's to handle.
+fn read_packet(format: &mut dyn FormatReader, stats: &mut Stats) -> Result<Next> {
     match format.next_packet() {
-        Ok(packet) => Ok(packet),
-        // symphonia's Ogg reader found a second recording chained after the first; stopping
-        // there would silently drop everything after the first link.
-        Err(SymphoniaError::ResetRequired) => Err(chained_ogg()),
+        Ok(Some(packet)) => Ok(Next::Packet(packet)),
+        Ok(None) => Ok(Next::End),
+        Err(SymphoniaError::ResetRequired) => Ok(Next::NewLink),
         Err(e) if stats.packets == 0 => Err(Error::new(
             ErrorCode::AudioDecodeFailed,
             format!("the audio data cannot be read: {e}"),
@@ -790,11 +955,11 @@ fn next_packet(format: &mut dyn FormatReader, stats: &mut Stats) -> Result<Optio
             if e.kind() == std::io::ErrorKind::UnexpectedEof
                 && format.format_info().format == FORMAT_ID_MKV =>
         {
-            Ok(None)
+            Ok(Next::End)
         }
         Err(_) => {
             stats.truncated = true;
-            Ok(None)
+            Ok(Next::End)
         }
     }
 }
@@ -881,18 +1046,7 @@ fn decode_opus(
     sink: &mut Sink<'_>,
 ) -> Result<Stats> {
     let head = opus_track.head();
-    if let Some(h) = head
-        && h.channels > 2
-        && h.mapping_family != 0
-    {
-        return Err(Error::new(
-            ErrorCode::AudioUnsupportedFormat,
-            format!(
-                "multichannel Opus ({} channels) is not supported",
-                h.channels
-            ),
-        ));
-    }
+    check_channels(head)?;
     let rate = limits.opus_rate;
     if !opus::NATIVE_RATES.contains(&rate) {
         return Err(Error::new(
@@ -903,7 +1057,11 @@ fn decode_opus(
     let ratio = u64::from(opus::OPUS_CLOCK / rate);
     let ogg = format.format_info().short_name == "ogg";
     let (skip, keep) = opus_track.trim_48k(head, track.delay.unwrap_or(0), ogg);
-    let mut trimmer = Trimmer::new(skip / ratio, keep.map(|n| n / ratio), end_tolerance(rate));
+    let first = LinkTrim {
+        skip_48k: skip,
+        keep_48k: keep,
+    };
+    let mut trimmer = LinkTrimmer::new(first, ratio, end_tolerance(rate));
     let mut resampler = MonoResampler::new(rate)?;
 
     let threads = limits.threads.max(1);
@@ -937,8 +1095,11 @@ fn decode_opus(
         drop(result_tx);
 
         let mut corrupt = 0u64;
-        let consumed = emit_in_order(result_rx, &credit_tx, &mut corrupt, &mut |b| {
-            trimmer.push(b, &mut |t| resampler.push(t, sink))
+        let consumed = emit_in_order(result_rx, &credit_tx, &mut corrupt, &mut |decoded| {
+            if let Some(link) = decoded.starts_link {
+                trimmer.start_link(link);
+            }
+            trimmer.push(&decoded.samples, &mut |t| resampler.push(t, sink))
         });
         drop(credit_tx);
         let demuxed = join(demux);
@@ -951,6 +1112,87 @@ fn decode_opus(
     })
 }
 
+/// Checks an `OpusHead`'s channel layout: stereo at most, or any count in mapping family 0.
+fn check_channels(head: Option<OpusHead>) -> Result<()> {
+    match head {
+        Some(h) if h.channels > 2 && h.mapping_family != 0 => Err(Error::new(
+            ErrorCode::AudioUnsupportedFormat,
+            format!(
+                "multichannel Opus ({} channels) is not supported",
+                h.channels
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The track id and trim of the chained Ogg link that `format` has just moved to. Every link
+/// must be Opus: another codec would need a decoder of its own mid-stream.
+fn next_link(format: &dyn FormatReader) -> Result<(u32, LinkTrim)> {
+    let track = format
+        .default_track(TrackType::Audio)
+        .filter(|t| matches!(&t.codec_params, Some(CodecParameters::Audio(p)) if p.codec == CODEC_ID_OPUS))
+        .ok_or_else(chained_ogg)?;
+    let Some(CodecParameters::Audio(params)) = &track.codec_params else {
+        unreachable!("filtered on audio parameters");
+    };
+    let link = OpusTrack {
+        extra_data: params.extra_data.as_deref(),
+        mp4: false,
+        edit: None,
+        declared_48k: track.num_frames,
+    };
+    let head = link.head();
+    check_channels(head)?;
+    let (skip_48k, keep_48k) = link.trim_48k(head, track.delay.unwrap_or(0), true);
+    Ok((track.id, LinkTrim { skip_48k, keep_48k }))
+}
+
+/// Trims each chained Ogg link on its own: its pre-skip at its start, its padding at its end.
+/// Every other file is one link.
+struct LinkTrimmer {
+    current: Trimmer,
+    /// Frames emitted by the links before the current one.
+    before: u64,
+    /// 48 kHz frames per frame that libopus renders.
+    ratio: u64,
+    tolerance: u64,
+}
+
+impl LinkTrimmer {
+    fn new(first: LinkTrim, ratio: u64, tolerance: u64) -> LinkTrimmer {
+        LinkTrimmer {
+            current: Self::trimmer(first, ratio, tolerance),
+            before: 0,
+            ratio,
+            tolerance,
+        }
+    }
+
+    fn trimmer(trim: LinkTrim, ratio: u64, tolerance: u64) -> Trimmer {
+        Trimmer::new(
+            trim.skip_48k / ratio,
+            trim.keep_48k.map(|n| n / ratio),
+            tolerance,
+        )
+    }
+
+    /// Ends the current link (what it held past its end is its padding) and starts the next.
+    fn start_link(&mut self, trim: LinkTrim) {
+        self.before += self.current.emitted();
+        self.current = Self::trimmer(trim, self.ratio, self.tolerance);
+    }
+
+    fn push(&mut self, block: &[f32], sink: &mut Sink<'_>) -> Result<()> {
+        self.current.push(block, sink)
+    }
+
+    /// Frames emitted over all links.
+    fn emitted(&self) -> u64 {
+        self.before + self.current.emitted()
+    }
+}
+
 /// Reads Opus packets and cuts them into segments for the decoder threads. Waits for a credit
 /// before each segment so no more than a fixed number are in memory.
 fn demux_opus(
@@ -960,14 +1202,28 @@ fn demux_opus(
     credits: &Receiver<()>,
 ) -> Result<Stats> {
     let mut stats = Stats::default();
-    let mut segment = Segment {
-        index: 0,
-        pre_roll: Vec::new(),
-        packets: Vec::new(),
-        frames_48k: 0,
-    };
+    let mut track_id = track_id;
+    let mut segment = Segment::first();
     let send = |segment: Segment| -> bool { credits.recv().is_ok() && jobs.send(segment).is_ok() };
-    while let Some(packet) = next_packet(format, &mut stats)? {
+    loop {
+        let packet = match read_packet(format, &mut stats)? {
+            Next::Packet(packet) => packet,
+            Next::End => break,
+            Next::NewLink => {
+                let (id, trim) = next_link(format)?;
+                track_id = id;
+                // A new link is a new stream: its first segment starts a cold decoder.
+                if !segment.packets.is_empty() {
+                    let next = segment.successor();
+                    if !send(std::mem::replace(&mut segment, next)) {
+                        return Ok(stats);
+                    }
+                }
+                segment.pre_roll.clear();
+                segment.starts_link = Some(trim);
+                continue;
+            }
+        };
         if packet.track_id != track_id {
             continue;
         }
@@ -977,13 +1233,7 @@ fn demux_opus(
         segment.frames_48k += frames as u64;
         segment.packets.push(packet.data);
         if opus::segment_full(segment.frames_48k) {
-            let from = segment.packets.len().saturating_sub(opus::PRE_ROLL_PACKETS);
-            let next = Segment {
-                index: segment.index + 1,
-                pre_roll: segment.packets[from..].to_vec(),
-                packets: Vec::new(),
-                frames_48k: 0,
-            };
+            let next = segment.successor();
             if !send(std::mem::replace(&mut segment, next)) {
                 return Ok(stats); // the consumer stopped; it reports why
             }
@@ -1000,7 +1250,7 @@ fn emit_in_order(
     results: Receiver<Result<opus::DecodedSegment, String>>,
     credits: &SyncSender<()>,
     corrupt: &mut u64,
-    emit: &mut Sink<'_>,
+    emit: &mut dyn FnMut(&opus::DecodedSegment) -> Result<()>,
 ) -> Result<()> {
     let mut waiting = BTreeMap::new();
     let mut next = 0usize;
@@ -1009,7 +1259,7 @@ fn emit_in_order(
         waiting.insert(decoded.index, decoded);
         while let Some(decoded) = waiting.remove(&next) {
             *corrupt += decoded.corrupt_packets;
-            emit(&decoded.samples)?;
+            emit(&decoded)?;
             // Give the demuxer back a credit; if it has already finished, nobody needs one.
             let _ = credits.try_send(());
             next += 1;

@@ -177,6 +177,14 @@ fn strerror(code: i32) -> String {
         .into_owned()
 }
 
+/// How much of a chained Ogg link to keep, at 48 kHz: each link is a recording of its own,
+/// with its own pre-skip and its own end (RFC 7845 section 4 and 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkTrim {
+    pub skip_48k: u64,
+    pub keep_48k: Option<u64>,
+}
+
 /// A run of consecutive packets that one worker decodes on its own.
 pub struct Segment {
     pub index: usize,
@@ -185,6 +193,31 @@ pub struct Segment {
     pub packets: Vec<Box<[u8]>>,
     /// What the packets decode to, at 48 kHz, from their TOC bytes.
     pub frames_48k: u64,
+    /// Set when this segment starts a chained Ogg link after the first.
+    pub starts_link: Option<LinkTrim>,
+}
+
+impl Segment {
+    /// The first segment of a stream.
+    pub fn first() -> Segment {
+        Segment {
+            index: 0,
+            pre_roll: Vec::new(),
+            packets: Vec::new(),
+            frames_48k: 0,
+            starts_link: None,
+        }
+    }
+
+    /// The segment after this one, warmed up on this one's last [`PRE_ROLL_PACKETS`] packets.
+    pub fn successor(&self) -> Segment {
+        let from = self.packets.len().saturating_sub(PRE_ROLL_PACKETS);
+        Segment {
+            index: self.index + 1,
+            pre_roll: self.packets[from..].to_vec(),
+            ..Segment::first()
+        }
+    }
 }
 
 /// Audio per segment: 10 s. Segments are cut by duration, not by packet count, so the decoded
@@ -202,6 +235,7 @@ pub struct DecodedSegment {
     pub index: usize,
     pub samples: Vec<f32>,
     pub corrupt_packets: u64,
+    pub starts_link: Option<LinkTrim>,
 }
 
 /// Decodes a segment with a fresh decoder. Corrupt packets are concealed (same length as the
@@ -235,6 +269,7 @@ pub fn decode_segment(segment: Segment, rate: u32) -> Result<DecodedSegment, Str
         index: segment.index,
         samples,
         corrupt_packets,
+        starts_link: segment.starts_link,
     })
 }
 
