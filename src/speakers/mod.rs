@@ -14,8 +14,8 @@ pub fn load_configured() -> Option<Arc<dyn SpeakerEncoder>> {
     ENCODER
         .get_or_init(|| {
             let path = embed::default_model_path();
-            match embed::load_ge2e(&path) {
-                Ok(model) => Some(Arc::new(model) as Arc<dyn SpeakerEncoder>),
+            match embed::load_encoder(&path) {
+                Ok(model) => Some(model),
                 Err(e) => {
                     tracing::warn!(
                         path = %path.display(),
