@@ -407,10 +407,10 @@ impl CamppNet {
             N_MELS,
             t,
             1,
+            true,
             h0,
             &mut s.col,
         );
-        relu(&mut h0[..plane]);
 
         // Residual stages: h0 in, h2 out, h1 for the inner activation.
         let mut bands = N_MELS;
@@ -425,10 +425,10 @@ impl CamppNet {
                 bands,
                 t,
                 blk.stride,
+                true,
                 h1,
                 &mut s.col,
             );
-            relu(&mut h1[..n_out]);
             conv3x3(
                 &blk.conv2,
                 &h1[..n_out],
@@ -436,6 +436,7 @@ impl CamppNet {
                 out_bands,
                 t,
                 1,
+                false,
                 h2,
                 &mut s.col,
             );
@@ -460,14 +461,14 @@ impl CamppNet {
                         1.0,
                         (&mut h2[..], cols),
                     );
+                    relu(&mut h2[..n_out]);
                 }
                 None => {
                     for (o, i) in h2[..n_out].iter_mut().zip(&h0[..n_in]) {
-                        *o += i;
+                        *o = (*o + i).max(0.0);
                     }
                 }
             }
-            relu(&mut h2[..n_out]);
             std::mem::swap(h0, h2);
             bands = out_bands;
         }
@@ -478,11 +479,11 @@ impl CamppNet {
             bands,
             t,
             2,
+            true,
             h1,
             &mut s.col,
         );
         debug_assert_eq!((bands - 1) / 2 + 1, HEAD_BANDS);
-        relu(&mut h1[..HEAD_OUT * t]);
     }
 
     /// The TDNN layer (kernel 5, stride 2, padding 2; ReLU left to the caller) on one window's
@@ -671,7 +672,8 @@ fn pre_activate(x: &[f32], tt: usize, scale: &[f32], shift: &[f32], act: &mut [f
 }
 
 /// 3×3 conv, padding 1, stride (`stride`, 1), of `input` (`[cin][bands][t]`) into `out`
-/// (`[32][out_bands][t]`), through im2col chunks of whole output bands.
+/// (`[32][out_bands][t]`), through im2col chunks of whole output bands; then the bias and, with
+/// `relu`, the ReLU in the same pass.
 #[allow(clippy::too_many_arguments)]
 fn conv3x3(
     conv: &Conv,
@@ -680,6 +682,7 @@ fn conv3x3(
     bands: usize,
     t: usize,
     stride: usize,
+    relu: bool,
     out: &mut [f32],
     col: &mut Vec<f32>,
 ) {
@@ -687,7 +690,6 @@ fn conv3x3(
     let k = cin * 9;
     let rows_per_chunk = (COL_BUDGET / (k * t)).clamp(1, out_bands);
     let plane = out_bands * t;
-    fill_bias_rows(&mut out[..M_CH * plane], &conv.b);
     for f0 in (0..out_bands).step_by(rows_per_chunk) {
         let f1 = (f0 + rows_per_chunk).min(out_bands);
         let cols = (f1 - f0) * t;
@@ -726,9 +728,20 @@ fn conv3x3(
             cols,
             (&conv.wt, 1, M_CH),
             (&col[..], cols, 1),
-            1.0,
+            0.0,
             (&mut out[f0 * t..], plane),
         );
+    }
+    for (row, &b) in out[..M_CH * plane].chunks_exact_mut(plane).zip(&conv.b) {
+        if relu {
+            for v in row {
+                *v = (*v + b).max(0.0);
+            }
+        } else {
+            for v in row {
+                *v += b;
+            }
+        }
     }
 }
 
@@ -917,6 +930,7 @@ mod tests {
                 bands,
                 t,
                 stride,
+                false,
                 &mut out,
                 &mut Vec::new(),
             );

@@ -12,7 +12,8 @@
 //! * [`Campplus`], 3D-Speaker's CAM++ `speech_campplus_sv_zh_en_16k-common_advanced`
 //!   (Apache-2.0, trained on about 200k Chinese and English speakers), loaded with
 //!   [`load_campplus`]: the Kaldi fbank of the whole window, mean-normalised, through the network
-//!   once (no partials), L2-normalised. Far more discriminative than GE2E.
+//!   once (no partials), L2-normalised. On fixtures/dialogues/clear.flac every same-speaker pair
+//!   of 1.5 s windows is closer than every cross-speaker pair, which GE2E does not manage.
 //!
 //! [`load_encoder`] picks the one a file holds (the CAM++ file says so in its metadata).
 
