@@ -13,7 +13,7 @@
 //!   (Apache-2.0, trained on about 200k Chinese and English speakers), loaded with
 //!   [`load_campplus`]: the Kaldi fbank of the whole window, mean-normalised, through the network
 //!   once (no partials), L2-normalised. On fixtures/dialogues/clear.flac every same-speaker pair
-//!   of 1.5 s windows is closer than every cross-speaker pair, which GE2E does not manage.
+//!   of 1.5 s windows is closer than every cross-speaker pair (tests/campplus_encoder.rs).
 //!
 //! [`load_encoder`] picks the one a file holds (the CAM++ file says so in its metadata).
 
