@@ -1,8 +1,11 @@
-//! Throughput of the GE2E speaker encoder (src/speakers/embed) on 1.6 s windows of
-//! fixtures/dialogues/clear.flac, with 1 and 2 threads. Also prints CPU-seconds per audio hour at
-//! one window per 1.6 s of speech (2 250 windows), measured from /proc/self/stat.
+//! Throughput of the speaker encoders (src/speakers/embed) on windows of
+//! fixtures/dialogues/clear.flac, with 1 and 2 threads: GE2E on 1.6 s windows, CAM++ on 1.5 s
+//! windows. Prints CPU per second of audio and CPU-seconds per audio hour when 32 minutes of it
+//! are embedded (the pipeline embeds the speech, about that much per hour of a session),
+//! measured from /proc/self/stat.
 //!
-//! `scripts/fetch-speaker-model.sh` first (or set SPEAKER_MODEL_PATH), then
+//! `scripts/fetch-speaker-model.sh` and `SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh`
+//! first (or set SPEAKER_MODEL_PATH and CAMPPLUS_MODEL_PATH), then
 //! `cargo bench --bench speaker_encoder`.
 
 use std::hint::black_box;
@@ -12,11 +15,15 @@ use std::time::Instant;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use audio_worker::audio::decode::{DecodeLimits, decode_file};
-use audio_worker::speakers::embed::{SpeakerEncoder, default_model_path, load_ge2e};
+use audio_worker::speakers::embed::{
+    SpeakerEncoder, campplus_model_path, default_model_path, load_campplus, load_ge2e,
+};
 
 const WINDOWS: usize = 128;
+/// Seconds of speech embedded per audio hour.
+const SPEECH_PER_HOUR: f64 = 32.0 * 60.0;
 
-fn windows() -> Vec<Vec<f32>> {
+fn samples() -> Vec<f32> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/dialogues/clear.flac");
     let mut samples = Vec::new();
     decode_file(&path, &DecodeLimits::default(), &mut |s| {
@@ -24,11 +31,15 @@ fn windows() -> Vec<Vec<f32>> {
         Ok(())
     })
     .expect("fixture decodes");
-    // 128 windows of 1.6 s, 0.6 s apart, wrapping around the 42 s file (two full batches).
+    samples
+}
+
+/// 128 windows of `len` samples, 0.6 s apart, wrapping around the 42 s file.
+fn windows(samples: &[f32], len: usize) -> Vec<Vec<f32>> {
     (0..WINDOWS)
         .map(|i| {
-            let start = (i * 9_600) % (samples.len() - 25_600);
-            samples[start..start + 25_600].to_vec()
+            let start = (i * 9_600) % (samples.len() - len);
+            samples[start..start + len].to_vec()
         })
         .collect()
 }
@@ -48,45 +59,62 @@ fn cpu_seconds() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+fn report(name: &str, threads: usize, enc: &dyn SpeakerEncoder, refs: &[&[f32]]) {
+    enc.embed(&refs[..4]); // warm up
+    let rounds = 3;
+    let (cpu0, t0) = (cpu_seconds(), Instant::now());
+    for _ in 0..rounds {
+        black_box(enc.embed(refs));
+    }
+    let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
+    let n = (rounds * refs.len()) as f64;
+    let audio: f64 = rounds as f64 * refs.iter().map(|w| w.len()).sum::<usize>() as f64 / 16e3;
+    println!(
+        "speaker_encoder: {name}, {threads} thread(s): {:.1} windows/s wall, {:.2} ms CPU per \
+         window, {:.2} ms CPU per audio second, {:.1} CPU-s and {:.1} wall-s per audio hour \
+         (32 min embedded)",
+        n / wall,
+        1000.0 * cpu / n,
+        1000.0 * cpu / audio,
+        cpu / audio * SPEECH_PER_HOUR,
+        wall / audio * SPEECH_PER_HOUR
+    );
+}
+
 fn bench(c: &mut Criterion) {
-    let path = default_model_path();
-    let model =
-        load_ge2e(&path).unwrap_or_else(|e| panic!("{e}: run scripts/fetch-speaker-model.sh"));
-    let data = windows();
-    let refs: Vec<&[f32]> = data.iter().map(|w| w.as_slice()).collect();
+    let ge2e_path = default_model_path();
+    load_ge2e(&ge2e_path).unwrap_or_else(|e| panic!("{e}: run scripts/fetch-speaker-model.sh"));
+    let camp_path = campplus_model_path();
+    load_campplus(&camp_path).unwrap_or_else(|e| {
+        panic!("{e}: run SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh")
+    });
+    let samples = samples();
+    let ge2e_data = windows(&samples, 25_600);
+    let camp_data = windows(&samples, 24_000);
+    let ge2e_refs: Vec<&[f32]> = ge2e_data.iter().map(|w| w.as_slice()).collect();
+    let camp_refs: Vec<&[f32]> = camp_data.iter().map(|w| w.as_slice()).collect();
 
     for threads in [1, 2] {
-        let enc = load_ge2e(&path).unwrap().with_threads(threads);
-        enc.embed(&refs[..4]); // warm up
-        let rounds = 3;
-        let (cpu0, t0) = (cpu_seconds(), Instant::now());
-        for _ in 0..rounds {
-            black_box(enc.embed(&refs));
-        }
-        let (cpu, wall) = (cpu_seconds() - cpu0, t0.elapsed().as_secs_f64());
-        let n = (rounds * WINDOWS) as f64;
-        let per_hour = 3600.0 / 1.6;
-        println!(
-            "speaker_encoder: {threads} thread(s): {:.1} windows/s wall, {:.2} ms CPU per window, \
-             {:.1} CPU-s and {:.1} wall-s per audio hour (2250 windows)",
-            n / wall,
-            1000.0 * cpu / n,
-            cpu / n * per_hour,
-            wall / n * per_hour
-        );
+        let ge2e = load_ge2e(&ge2e_path).unwrap().with_threads(threads);
+        report("ge2e (1.6 s windows)", threads, &ge2e, &ge2e_refs);
+        let camp = load_campplus(&camp_path).unwrap().with_threads(threads);
+        report("campplus (1.5 s windows)", threads, &camp, &camp_refs);
     }
 
     let mut group = c.benchmark_group("speaker_encoder");
     group.sample_size(10);
     group.throughput(Throughput::Elements(WINDOWS as u64));
     for threads in [1, 2] {
-        let enc = load_ge2e(&path).unwrap().with_threads(threads);
+        let enc = load_ge2e(&ge2e_path).unwrap().with_threads(threads);
         group.bench_function(format!("ge2e_128_windows_{threads}_threads"), |b| {
-            b.iter(|| black_box(enc.embed(black_box(&refs))))
+            b.iter(|| black_box(enc.embed(black_box(&ge2e_refs))))
+        });
+        let enc = load_campplus(&camp_path).unwrap().with_threads(threads);
+        group.bench_function(format!("campplus_128_windows_{threads}_threads"), |b| {
+            b.iter(|| black_box(enc.embed(black_box(&camp_refs))))
         });
     }
     group.finish();
-    drop(model);
 }
 
 criterion_group!(benches, bench);

@@ -167,6 +167,32 @@ fn matches_pytorch_reference() {
     }
 }
 
+/// Windows share a batch (and split into several) without touching each other: embedding
+/// them together gives what embedding each alone gives. One window is longer than a batch.
+#[test]
+fn batched_windows_match_single_windows() {
+    let samples = clear_samples();
+    let enc = load_campplus(&model_path()).unwrap().with_threads(1);
+    let mut windows: Vec<&[f32]> = (0..17)
+        .map(|i| {
+            let start = 8_000 + i * 20_000;
+            &samples[start..start + 8_000 + (i % 5) * 4_000]
+        })
+        .collect();
+    windows.insert(5, &samples[16_000..16_000 + 200_000]); // 12.5 s
+    windows.insert(9, &samples[..300]); // no frame at all
+    let together = enc.embed(&windows);
+    for (w, e) in windows.iter().zip(&together) {
+        let alone = enc.embed(&[w]);
+        assert!(
+            1.0 - cosine(e, &alone[0]) < 1e-6,
+            "{} samples: {}",
+            w.len(),
+            1.0 - cosine(e, &alone[0])
+        );
+    }
+}
+
 /// (start s, end s, speaker) from an RTTM file.
 fn rttm(path: &Path) -> Vec<(f64, f64, String)> {
     std::fs::read_to_string(path)

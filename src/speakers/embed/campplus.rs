@@ -62,10 +62,28 @@ const OUT_CH: usize = 512;
 const SINGLE_FRAME_STD: f64 = 1e-2;
 /// im2col chunk of the head's convs, in f32: at most 1 MiB.
 const COL_BUDGET: usize = 256 * 1024;
+/// Zero frames around each window in a batch: at least the largest dilation, so that no tap of
+/// a dense layer's local conv reads another window's frames.
+const GAP: usize = 2;
 
-/// A conv (any kernel) with its folded bias: `w` is `[out][in·taps]` as PyTorch stores it.
+/// Frames after the TDNN (stride 2) for `frames` fbank frames.
+pub fn tdnn_frames(frames: usize) -> usize {
+    (frames.max(1) - 1) / 2 + 1
+}
+
+/// Where one window's frames (after the TDNN) stand in a batch's time axis.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    len: usize,
+}
+
+/// A conv (any kernel) with its folded bias. The weight is stored transposed, `[in·taps][out]`
+/// (PyTorch's `[out][in·taps]` column-major): matrixmultiply packs a column-major A with plain
+/// copies but a row-major one element by element, which here cost more than the
+/// multiplications themselves.
 struct Conv {
-    w: Vec<f32>,
+    wt: Vec<f32>,
     b: Vec<f32>,
 }
 
@@ -76,7 +94,7 @@ struct ResBlock {
     stride: usize,
 }
 
-/// A 1-D conv with its taps split out: `taps[k]` is `[out][in]`, contiguous.
+/// A 1-D conv with its taps split out: `taps[k]` is `[in][out]` (transposed, as [`Conv`]).
 struct TapConv {
     taps: Vec<Vec<f32>>,
 }
@@ -96,8 +114,9 @@ struct Transit {
     in_ch: usize,
     scale: Vec<f32>,
     shift: Vec<f32>,
-    /// `[in_ch/2][in_ch]`; the last transit has the output BatchNorm folded in (and a ReLU).
-    w: Vec<f32>,
+    /// `[in_ch][in_ch/2]` (transposed, as [`Conv`]); the last transit has the output
+    /// BatchNorm folded in (and a ReLU).
+    wt: Vec<f32>,
     b: Option<Vec<f32>>,
 }
 
@@ -113,9 +132,11 @@ pub struct CamppNet {
     dense: Conv,
 }
 
-/// Buffers reused from window to window on one thread. For `T` fbank frames they hold about
-/// `3 × 32·80·T` (head planes) + 256 Ki (im2col) + `(2·1024 + 128)·T/2` f32, i.e. 4.9 MB for
-/// a 1.6 s window (T = 158) and about 3 MB per second of window beyond that.
+/// Buffers reused from batch to batch on one thread, sized by the longest window (`T` fbank
+/// frames) and the batch's frames after the TDNN (`N`, at most `CAMPPLUS_BATCH_FRAMES` + 2 in
+/// src/speakers/embed/mod.rs unless one window is longer): `3 × 32·80·T` f32 for the head's
+/// planes, 1 MiB of im2col, `(2·1024 + 128)·N` f32 for the dense blocks. For windows up to
+/// 1.6 s (T = 158) and N = 514: 4.9 + 1.0 + 4.5 MB, about 10.4 MB per thread.
 #[derive(Default)]
 pub struct Scratch {
     head: [Vec<f32>; 3],
@@ -169,18 +190,22 @@ impl Tensors<'_> {
     }
 
     fn conv(&self, name: &str, shape: &[usize]) -> std::result::Result<Conv, String> {
+        let w = self.get(&format!("{name}.weight"), shape)?;
         Ok(Conv {
-            w: self.get(&format!("{name}.weight"), shape)?,
+            wt: transpose(&w, shape[0]),
             b: self.get(&format!("{name}.bias"), &shape[..1])?,
         })
     }
 
-    /// A conv1d `[out][in][k]` split into `k` contiguous `[out][in]` taps.
+    /// A conv1d `[out][in][k]` split into `k` contiguous `[in][out]` taps.
     fn taps(&self, name: &str, shape: [usize; 3]) -> std::result::Result<TapConv, String> {
         let w = self.get(name, &shape)?;
         let [out, inp, k] = shape;
         let taps = (0..k)
-            .map(|tap| (0..out * inp).map(|oi| w[oi * k + tap]).collect())
+            .map(|tap| {
+                let w: Vec<f32> = (0..out * inp).map(|oi| w[oi * k + tap]).collect();
+                transpose(&w, out)
+            })
             .collect();
         Ok(TapConv { taps })
     }
@@ -264,7 +289,10 @@ impl CamppNet {
             ch += n_layers * GROWTH;
             let p = format!("xvector.transit{}", b + 1);
             let (scale, shift) = st.pre_bn(&format!("{p}.nonlinear"), ch)?;
-            let w = st.get(&format!("{p}.linear.weight"), &[ch / 2, ch, 1])?;
+            let wt = transpose(
+                &st.get(&format!("{p}.linear.weight"), &[ch / 2, ch, 1])?,
+                ch / 2,
+            );
             let b = if b + 1 == BLOCKS.len() {
                 Some(st.get(&format!("{p}.linear.bias"), &[ch / 2])?)
             } else {
@@ -274,7 +302,7 @@ impl CamppNet {
                 in_ch: ch,
                 scale,
                 shift,
-                w,
+                wt,
                 b,
             });
             ch /= 2;
@@ -293,12 +321,73 @@ impl CamppNet {
         })
     }
 
-    /// Embeds one window's mean-normalised fbank (`frames` rows of `N_MELS`, at least one) into
-    /// `out` (`EMBED_DIM` values, not normalised).
-    pub fn forward(&self, feats: &[f32], frames: usize, s: &mut Scratch, out: &mut [f32]) {
-        assert!(frames > 0 && feats.len() == frames * N_MELS);
-        assert_eq!(out.len(), EMBED_DIM);
-        let t = frames;
+    /// Embeds a batch of windows: `feats[w]` is window `w`'s mean-normalised fbank (frame-major
+    /// rows of `N_MELS`, at least one frame). Writes `feats.len()` rows of `EMBED_DIM` values
+    /// (not normalised) to `out`.
+    ///
+    /// The head and the TDNN run window by window; from the TDNN on, the batch's frames stand
+    /// side by side in one time axis, `GAP` zero frames around each window, so that each layer
+    /// is one GEMM for the whole batch and its weights are packed (read from memory) once per
+    /// batch rather than once per window: 27 MB per pass, which cost more than 4 ms per window
+    /// when each 1.5 s window went alone.
+    pub fn forward(&self, feats: &[&[f32]], s: &mut Scratch, out: &mut [f32]) {
+        assert_eq!(out.len(), feats.len() * EMBED_DIM);
+        let mut spans = Vec::with_capacity(feats.len());
+        let mut n = GAP;
+        for f in feats {
+            assert!(!f.is_empty() && f.len() % N_MELS == 0);
+            let len = tdnn_frames(f.len() / N_MELS);
+            spans.push(Span { start: n, len });
+            n += len + GAP;
+        }
+        s.x.resize(MAX_CH * n, 0.0);
+        s.act.resize(MAX_CH * n, 0.0);
+        s.bott.resize(BN_CH * n, 0.0);
+        s.x[..TDNN_CH * n].fill(0.0);
+        for (f, span) in feats.iter().zip(&spans) {
+            let t = f.len() / N_MELS;
+            self.head(f, t, s);
+            let Scratch { head, col, x, .. } = s;
+            self.tdnn(&head[1][..HEAD_OUT * t], t, col, x, n, *span);
+        }
+        let x = &mut s.x;
+        relu(&mut x[..TDNN_CH * n]);
+
+        let mut ch = TDNN_CH;
+        for ((dilation, layers), transit) in self.blocks.iter().zip(&self.transits) {
+            for layer in layers {
+                layer.forward(*dilation, n, &spans, x, &mut s.act, &mut s.bott);
+            }
+            ch += layers.len() * GROWTH;
+            debug_assert_eq!(ch, transit.in_ch);
+            transit.forward(n, x, &mut s.act);
+            ch /= 2;
+        }
+
+        // Statistics pooling over the 512 output channels, then the dense layer.
+        for (span, out) in spans.iter().zip(out.chunks_exact_mut(EMBED_DIM)) {
+            let mut stats = [0f32; 2 * OUT_CH];
+            for c in 0..OUT_CH {
+                let row = &x[c * n + span.start..][..span.len];
+                let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / span.len as f64;
+                let std = if span.len > 1 {
+                    (row.iter()
+                        .map(|&v| (f64::from(v) - mean).powi(2))
+                        .sum::<f64>()
+                        / (span.len - 1) as f64)
+                        .sqrt()
+                } else {
+                    SINGLE_FRAME_STD
+                };
+                stats[c] = mean as f32;
+                stats[OUT_CH + c] = std as f32;
+            }
+            matvec(&self.dense, &stats, out);
+        }
+    }
+
+    /// The FCM head on one window's `t` frames: leaves `[320][t]` in `s.head[1]`.
+    fn head(&self, feats: &[f32], t: usize, s: &mut Scratch) {
         let plane = M_CH * N_MELS * t;
         for h in &mut s.head {
             h.resize(plane, 0.0);
@@ -318,10 +407,10 @@ impl CamppNet {
             N_MELS,
             t,
             1,
+            true,
             h0,
             &mut s.col,
         );
-        relu(&mut h0[..plane]);
 
         // Residual stages: h0 in, h2 out, h1 for the inner activation.
         let mut bands = N_MELS;
@@ -336,10 +425,10 @@ impl CamppNet {
                 bands,
                 t,
                 blk.stride,
+                true,
                 h1,
                 &mut s.col,
             );
-            relu(&mut h1[..n_out]);
             conv3x3(
                 &blk.conv2,
                 &h1[..n_out],
@@ -347,6 +436,7 @@ impl CamppNet {
                 out_bands,
                 t,
                 1,
+                false,
                 h2,
                 &mut s.col,
             );
@@ -366,19 +456,19 @@ impl CamppNet {
                         M_CH,
                         M_CH,
                         cols,
-                        (&sc.w, M_CH, 1),
+                        (&sc.wt, 1, M_CH),
                         (&s.col, cols, 1),
                         1.0,
                         (&mut h2[..], cols),
                     );
+                    relu(&mut h2[..n_out]);
                 }
                 None => {
                     for (o, i) in h2[..n_out].iter_mut().zip(&h0[..n_in]) {
-                        *o += i;
+                        *o = (*o + i).max(0.0);
                     }
                 }
             }
-            relu(&mut h2[..n_out]);
             std::mem::swap(h0, h2);
             bands = out_bands;
         }
@@ -389,147 +479,153 @@ impl CamppNet {
             bands,
             t,
             2,
+            true,
             h1,
             &mut s.col,
         );
-        let bands = (bands - 1) / 2 + 1;
-        debug_assert_eq!(bands, HEAD_BANDS);
-        relu(&mut h1[..HEAD_OUT * t]);
-        let head = &h1[..HEAD_OUT * t];
+        debug_assert_eq!((bands - 1) / 2 + 1, HEAD_BANDS);
+    }
 
-        // TDNN: kernel 5, stride 2, padding 2, straight into the first block's buffer.
-        let tt = (t - 1) / 2 + 1;
-        s.x.resize(MAX_CH * tt, 0.0);
-        s.act.resize(MAX_CH * tt, 0.0);
-        s.bott.resize(BN_CH * tt, 0.0);
-        let x = &mut s.x;
-        fill_bias_rows(&mut x[..TDNN_CH * tt], &self.tdnn_b);
+    /// The TDNN layer (kernel 5, stride 2, padding 2; ReLU left to the caller) on one window's
+    /// head output `[320][t]`, into rows 0..128 of `x` (row stride `n`) at `span`.
+    fn tdnn(
+        &self,
+        head: &[f32],
+        t: usize,
+        col: &mut Vec<f32>,
+        x: &mut [f32],
+        n: usize,
+        span: Span,
+    ) {
+        // Output frame o reads input frames 2o-2 ..= 2o+2: split the input into its even and
+        // odd frames so that every tap reads a unit-stride run.
+        let tt = span.len;
+        let (n_even, n_odd) = (tt, t / 2);
+        col.resize(HEAD_OUT * (n_even + n_odd), 0.0);
+        let (even, odd) = col.split_at_mut(HEAD_OUT * n_even);
+        for (c, row) in head.chunks_exact(t).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                if j % 2 == 0 {
+                    even[c * n_even + j / 2] = v;
+                } else {
+                    odd[c * n_odd + j / 2] = v;
+                }
+            }
+        }
+        let x = &mut x[span.start..];
+        for row in x.chunks_mut(n).take(TDNN_CH).zip(&self.tdnn_b) {
+            row.0[..tt].fill(*row.1);
+        }
         for (k, tap) in self.tdnn.taps.iter().enumerate() {
-            // Output frame o reads input frame 2o + k - 2.
-            let lo = (2usize.saturating_sub(k)).div_ceil(2);
-            if t + 1 < k {
+            // Input frame 2o + k - 2 is even[o + k/2 - 1] for even k and odd[o + (k-1)/2 - 1]
+            // for odd k: the run `src` of `len` frames, read from o + shift.
+            let (src, len): (&[f32], usize) = if k % 2 == 0 {
+                (even, n_even)
+            } else {
+                (odd, n_odd)
+            };
+            let shift = (k / 2) as isize - 1;
+            // The output frames o with 0 <= o + shift < len.
+            let lo = (-shift).max(0) as usize;
+            let hi = (len as isize - shift).min(tt as isize);
+            if hi <= lo as isize {
                 continue;
             }
-            let hi = ((t + 1 - k) / 2).min(tt - 1);
-            if lo > hi {
-                continue;
-            }
-            let first_in = 2 * lo + k - 2;
             gemm(
                 TDNN_CH,
                 HEAD_OUT,
-                hi - lo + 1,
-                (tap, HEAD_OUT, 1),
-                (&head[first_in..], t, 2),
+                hi as usize - lo,
+                (tap, 1, TDNN_CH),
+                (&src[(lo as isize + shift) as usize..], len, 1),
                 1.0,
-                (&mut x[lo..], tt),
+                (&mut x[lo..], n),
             );
         }
-        relu(&mut x[..TDNN_CH * tt]);
-
-        let mut ch = TDNN_CH;
-        for ((dilation, layers), transit) in self.blocks.iter().zip(&self.transits) {
-            for layer in layers {
-                layer.forward(*dilation, tt, x, &mut s.act, &mut s.bott);
-            }
-            ch += layers.len() * GROWTH;
-            debug_assert_eq!(ch, transit.in_ch);
-            transit.forward(tt, x, &mut s.act);
-            ch /= 2;
-        }
-
-        // Statistics pooling over the 512 output channels, then the dense layer.
-        let mut stats = [0f32; 2 * OUT_CH];
-        for c in 0..OUT_CH {
-            let row = &x[c * tt..(c + 1) * tt];
-            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / tt as f64;
-            let std = if tt > 1 {
-                (row.iter()
-                    .map(|&v| (f64::from(v) - mean).powi(2))
-                    .sum::<f64>()
-                    / (tt - 1) as f64)
-                    .sqrt()
-            } else {
-                SINGLE_FRAME_STD
-            };
-            stats[c] = mean as f32;
-            stats[OUT_CH + c] = std as f32;
-        }
-        matvec(&self.dense, &stats, out);
     }
 }
 
 impl DenseLayer {
-    /// Appends this layer's 32 channels to `x` (`[MAX_CH][tt]`, the first `in_ch` rows filled).
+    /// Appends this layer's 32 channels to `x` (`[MAX_CH][n]`, the first `in_ch` rows filled
+    /// at the windows' `spans`).
     fn forward(
         &self,
         dilation: usize,
-        tt: usize,
+        n: usize,
+        spans: &[Span],
         x: &mut [f32],
         act: &mut [f32],
         bott: &mut [f32],
     ) {
-        let n = self.in_ch * tt;
-        pre_activate(&x[..n], tt, &self.pre_scale, &self.pre_shift, act);
-        fill_bias_rows(&mut bott[..BN_CH * tt], &self.linear1.b);
+        let len = self.in_ch * n;
+        pre_activate(&x[..len], n, &self.pre_scale, &self.pre_shift, act);
+        fill_bias_rows(&mut bott[..BN_CH * n], &self.linear1.b);
         gemm(
             BN_CH,
             self.in_ch,
-            tt,
-            (&self.linear1.w, self.in_ch, 1),
-            (&act[..n], tt, 1),
+            n,
+            (&self.linear1.wt, 1, BN_CH),
+            (&act[..len], n, 1),
             1.0,
-            (&mut bott[..], tt),
+            (&mut bott[..], n),
         );
-        relu(&mut bott[..BN_CH * tt]);
+        relu(&mut bott[..BN_CH * n]);
+        // The local conv pads each window with zeros: its taps must read zeros in the gaps.
+        for row in bott[..BN_CH * n].chunks_exact_mut(n) {
+            let mut from = 0;
+            for span in spans {
+                row[from..span.start].fill(0.0);
+                from = span.start + span.len;
+            }
+            row[from..].fill(0.0);
+        }
 
-        // The local conv: 3 taps at -d, 0, +d, zero padding outside the window.
-        let y = &mut x[n..n + GROWTH * tt];
+        // The local conv: 3 taps at -d, 0, +d.
+        let y = &mut x[len..len + GROWTH * n];
         y.fill(0.0);
         for (k, tap) in self.local.taps.iter().enumerate() {
             let off = k as isize - 1;
             let shift = off.unsigned_abs() * dilation;
-            if shift >= tt {
-                continue;
-            }
             let (src, dst) = if off < 0 { (0, shift) } else { (shift, 0) };
             gemm(
                 GROWTH,
                 BN_CH,
-                tt - shift,
-                (tap, BN_CH, 1),
-                (&bott[src..], tt, 1),
+                n - shift,
+                (tap, 1, GROWTH),
+                (&bott[src..], n, 1),
                 1.0,
-                (&mut y[dst..], tt),
+                (&mut y[dst..], n),
             );
         }
 
-        // The context mask, once per 100-frame segment.
+        // The context mask, once per 100-frame segment of each window.
         let mut global = [0f32; BN_CH];
-        for (g, row) in global.iter_mut().zip(bott.chunks_exact(tt)) {
-            *g = (row.iter().map(|&v| f64::from(v)).sum::<f64>() / tt as f64) as f32;
-        }
         let mut ctx = [0f32; BN_CH];
         let mut hidden = [0f32; CTX_CH];
         let mut mask = [0f32; GROWTH];
-        for seg_start in (0..tt).step_by(SEG_LEN) {
-            let seg_end = (seg_start + SEG_LEN).min(tt);
-            let len = (seg_end - seg_start) as f64;
-            for ((c, row), g) in ctx.iter_mut().zip(bott.chunks_exact(tt)).zip(&global) {
-                let seg = row[seg_start..seg_end]
+        for span in spans {
+            let frames = span.start..span.start + span.len;
+            for (g, row) in global.iter_mut().zip(bott.chunks_exact(n)) {
+                let sum = row[frames.clone()]
                     .iter()
                     .map(|&v| f64::from(v))
-                    .sum::<f64>()
-                    / len;
-                *c = g + seg as f32;
+                    .sum::<f64>();
+                *g = (sum / span.len as f64) as f32;
             }
-            matvec(&self.ctx1, &ctx, &mut hidden);
-            relu(&mut hidden);
-            matvec(&self.ctx2, &hidden, &mut mask);
-            for (row, m) in y.chunks_exact_mut(tt).zip(&mask) {
-                let m = 1.0 / (1.0 + (-m).exp());
-                for v in &mut row[seg_start..seg_end] {
-                    *v *= m;
+            for seg_start in (span.start..frames.end).step_by(SEG_LEN) {
+                let seg = seg_start..(seg_start + SEG_LEN).min(frames.end);
+                let seg_len = seg.len() as f64;
+                for ((c, row), g) in ctx.iter_mut().zip(bott.chunks_exact(n)).zip(&global) {
+                    let sum = row[seg.clone()].iter().map(|&v| f64::from(v)).sum::<f64>();
+                    *c = g + (sum / seg_len) as f32;
+                }
+                matvec(&self.ctx1, &ctx, &mut hidden);
+                relu(&mut hidden);
+                matvec(&self.ctx2, &hidden, &mut mask);
+                for (row, m) in y.chunks_exact_mut(n).zip(&mask) {
+                    let m = 1.0 / (1.0 + (-m).exp());
+                    for v in &mut row[seg.clone()] {
+                        *v *= m;
+                    }
                 }
             }
         }
@@ -537,26 +633,26 @@ impl DenseLayer {
 }
 
 impl Transit {
-    /// Replaces the first `in_ch` rows of `x` by the `in_ch / 2` output channels.
-    fn forward(&self, tt: usize, x: &mut [f32], act: &mut [f32]) {
-        let n = self.in_ch * tt;
+    /// Replaces the first `in_ch` rows of `x` (row stride `n`) by the `in_ch / 2` outputs.
+    fn forward(&self, n: usize, x: &mut [f32], act: &mut [f32]) {
+        let len = self.in_ch * n;
         let out_ch = self.in_ch / 2;
-        pre_activate(&x[..n], tt, &self.scale, &self.shift, act);
+        pre_activate(&x[..len], n, &self.scale, &self.shift, act);
         match &self.b {
-            Some(b) => fill_bias_rows(&mut x[..out_ch * tt], b),
-            None => x[..out_ch * tt].fill(0.0),
+            Some(b) => fill_bias_rows(&mut x[..out_ch * n], b),
+            None => x[..out_ch * n].fill(0.0),
         }
         gemm(
             out_ch,
             self.in_ch,
-            tt,
-            (&self.w, self.in_ch, 1),
-            (&act[..n], tt, 1),
+            n,
+            (&self.wt, 1, out_ch),
+            (&act[..len], n, 1),
             1.0,
-            (&mut x[..], tt),
+            (&mut x[..], n),
         );
         if self.b.is_some() {
-            relu(&mut x[..out_ch * tt]);
+            relu(&mut x[..out_ch * n]);
         }
     }
 }
@@ -576,7 +672,8 @@ fn pre_activate(x: &[f32], tt: usize, scale: &[f32], shift: &[f32], act: &mut [f
 }
 
 /// 3×3 conv, padding 1, stride (`stride`, 1), of `input` (`[cin][bands][t]`) into `out`
-/// (`[32][out_bands][t]`), through im2col chunks of whole output bands.
+/// (`[32][out_bands][t]`), through im2col chunks of whole output bands; then the bias and, with
+/// `relu`, the ReLU in the same pass.
 #[allow(clippy::too_many_arguments)]
 fn conv3x3(
     conv: &Conv,
@@ -585,6 +682,7 @@ fn conv3x3(
     bands: usize,
     t: usize,
     stride: usize,
+    relu: bool,
     out: &mut [f32],
     col: &mut Vec<f32>,
 ) {
@@ -592,7 +690,6 @@ fn conv3x3(
     let k = cin * 9;
     let rows_per_chunk = (COL_BUDGET / (k * t)).clamp(1, out_bands);
     let plane = out_bands * t;
-    fill_bias_rows(&mut out[..M_CH * plane], &conv.b);
     for f0 in (0..out_bands).step_by(rows_per_chunk) {
         let f1 = (f0 + rows_per_chunk).min(out_bands);
         let cols = (f1 - f0) * t;
@@ -629,11 +726,22 @@ fn conv3x3(
             M_CH,
             k,
             cols,
-            (&conv.w, k, 1),
+            (&conv.wt, 1, M_CH),
             (&col[..], cols, 1),
-            1.0,
+            0.0,
             (&mut out[f0 * t..], plane),
         );
+    }
+    for (row, &b) in out[..M_CH * plane].chunks_exact_mut(plane).zip(&conv.b) {
+        if relu {
+            for v in row {
+                *v = (*v + b).max(0.0);
+            }
+        } else {
+            for v in row {
+                *v += b;
+            }
+        }
     }
 }
 
@@ -660,15 +768,26 @@ fn add_bias_rows(v: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// `out = conv.w · x + conv.b` for a 1×1 conv on one frame.
+/// `out = W · x + b` for a 1×1 conv on one frame (`W` stored transposed: a sum of its rows).
 fn matvec(conv: &Conv, x: &[f32], out: &mut [f32]) {
-    for ((o, row), b) in out
-        .iter_mut()
-        .zip(conv.w.chunks_exact(x.len()))
-        .zip(&conv.b)
-    {
-        *o = b + row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>();
+    out.copy_from_slice(&conv.b);
+    for (row, &v) in conv.wt.chunks_exact(out.len()).zip(x) {
+        for (o, w) in out.iter_mut().zip(row) {
+            *o += w * v;
+        }
     }
+}
+
+/// `w` (`rows` rows, row-major) transposed.
+fn transpose(w: &[f32], rows: usize) -> Vec<f32> {
+    let cols = w.len() / rows;
+    let mut t = vec![0.0; w.len()];
+    for (r, row) in w.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
 }
 
 /// `C = A·B + beta·C` for an `m × k` A and a `k × n` B given as (slice, row stride, column
@@ -794,7 +913,10 @@ mod tests {
             .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1)
             .collect();
         let b: Vec<f32> = (0..M_CH).map(|i| i as f32 * 0.01).collect();
-        let conv = Conv { w, b };
+        let conv = Conv {
+            wt: transpose(&w, M_CH),
+            b,
+        };
         let input: Vec<f32> = (0..cin * bands * t)
             .map(|i| (i as f32 * 0.7).sin())
             .collect();
@@ -808,6 +930,7 @@ mod tests {
                 bands,
                 t,
                 stride,
+                false,
                 &mut out,
                 &mut Vec::new(),
             );
@@ -826,7 +949,7 @@ mod tests {
                                     {
                                         continue;
                                     }
-                                    want += conv.w[((o * cin + i) * 3 + kf) * 3 + kt]
+                                    want += w[((o * cin + i) * 3 + kf) * 3 + kt]
                                         * input[(i * bands + sf as usize) * t + sj as usize];
                                 }
                             }
