@@ -32,7 +32,7 @@
 
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use super::fbank::N_MELS;
 use crate::error::{Error, ErrorCode, Result};
@@ -165,28 +165,7 @@ struct Tensors<'a>(SafeTensors<'a>);
 
 impl Tensors<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> std::result::Result<Vec<f32>, String> {
-        let t = self
-            .0
-            .tensor(name)
-            .map_err(|_| format!("has no tensor {name}"))?;
-        if t.dtype() != Dtype::F32 {
-            return Err(format!("{name} is {:?}, expected F32", t.dtype()));
-        }
-        if t.shape() != shape {
-            return Err(format!(
-                "{name} has shape {:?}, expected {shape:?}",
-                t.shape()
-            ));
-        }
-        let v: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(format!("{name} holds non-finite values"));
-        }
-        Ok(v)
+        super::f32_tensor(&self.0, name, shape)
     }
 
     fn conv(&self, name: &str, shape: &[usize]) -> std::result::Result<Conv, String> {

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use crate::error::{Error, ErrorCode, Result};
 
@@ -58,29 +58,7 @@ impl Ge2eNet {
     fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
         let st =
             SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
-        let get = |name: &str, shape: &[usize]| -> std::result::Result<Vec<f32>, String> {
-            let t = st
-                .tensor(name)
-                .map_err(|_| format!("has no tensor {name}"))?;
-            if t.dtype() != Dtype::F32 {
-                return Err(format!("{name} is {:?}, expected F32", t.dtype()));
-            }
-            if t.shape() != shape {
-                return Err(format!(
-                    "{name} has shape {:?}, expected {shape:?}",
-                    t.shape()
-                ));
-            }
-            let v: Vec<f32> = t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            if v.iter().any(|x| !x.is_finite()) {
-                return Err(format!("{name} holds non-finite values"));
-            }
-            Ok(v)
-        };
+        let get = |name: &str, shape: &[usize]| super::f32_tensor(&st, name, shape);
         let mut layers = Vec::with_capacity(LAYERS);
         for l in 0..LAYERS {
             let input = if l == 0 { super::mel::N_MELS } else { HIDDEN };

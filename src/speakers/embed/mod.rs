@@ -75,6 +75,36 @@ const CAMPPLUS_WINDOW: usize = 24_000;
 /// share a pass, the less often the 27 MB of weights are read; the buffers grow with it.
 const CAMPPLUS_BATCH_FRAMES: usize = 512;
 
+/// One f32 tensor of a speaker model's safetensors file, checked for dtype, shape and
+/// finiteness; the error names the tensor (the loaders add the file and the fix).
+fn f32_tensor(
+    st: &safetensors::SafeTensors<'_>,
+    name: &str,
+    shape: &[usize],
+) -> std::result::Result<Vec<f32>, String> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| format!("has no tensor {name}"))?;
+    if t.dtype() != safetensors::Dtype::F32 {
+        return Err(format!("{name} is {:?}, expected F32", t.dtype()));
+    }
+    if t.shape() != shape {
+        return Err(format!(
+            "{name} has shape {:?}, expected {shape:?}",
+            t.shape()
+        ));
+    }
+    let v: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(format!("{name} holds non-finite values"));
+    }
+    Ok(v)
+}
+
 /// Where the model is: `$SPEAKER_MODEL_PATH`, else the fetch script's default cache path.
 pub fn default_model_path() -> PathBuf {
     model_path(MODEL_PATH_ENV, GE2E_FILE)
