@@ -85,22 +85,30 @@ const S3_VARIABLES: [(&str, &str); 3] = [
 /// bounds and default as the worker's, and CONFIG_MISSING naming the variable when out of range.
 pub fn job_max_age_from_env() -> Result<Duration> {
     let (least, default, most) = JOB_MAX_AGE_H;
-    let hours = match std::env::var("JOB_MAX_AGE_H")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-    {
-        None => default,
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) if (least..=most).contains(&n) => n,
-            _ => {
-                return Err(Error::new(
-                    ErrorCode::ConfigMissing,
-                    format!("JOB_MAX_AGE_H={v:?} must be a whole number from {least} to {most}"),
-                ));
-            }
-        },
-    };
+    let value = std::env::var("JOB_MAX_AGE_H").ok();
+    let hours = whole_number("JOB_MAX_AGE_H", value.as_deref(), default, least, most)
+        .map_err(|problem| Error::new(ErrorCode::ConfigMissing, problem))?;
     Ok(Duration::from_secs(hours * 3600))
+}
+
+/// A numeric variable: `default` when unset or blank, else a whole number in `least..=most`, or
+/// the problem naming the variable and its bounds.
+fn whole_number(
+    name: &str,
+    value: Option<&str>,
+    default: u64,
+    least: u64,
+    most: u64,
+) -> std::result::Result<u64, String> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (least..=most).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{name}={v:?} must be a whole number from {least} to {most}"
+            )),
+        },
+    }
 }
 
 impl Config {
@@ -140,18 +148,10 @@ impl Config {
         }
 
         let mut number = |name: &str, default: u64, min: u64, max: u64| -> u64 {
-            match get(name) {
-                None => default,
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if (min..=max).contains(&n) => n,
-                    _ => {
-                        problems.push(format!(
-                            "{name}={v:?} must be a whole number from {min} to {max}"
-                        ));
-                        default
-                    }
-                },
-            }
+            whole_number(name, get(name).as_deref(), default, min, max).unwrap_or_else(|problem| {
+                problems.push(problem);
+                default
+            })
         };
         let concurrency = number("WORKER_CONCURRENCY", 1, 1, 64) as usize;
         let transcribe_concurrency = number("TRANSCRIBE_CONCURRENCY", 4, 1, 32) as usize;
