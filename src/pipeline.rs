@@ -157,7 +157,12 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         move || diarize::speaker_timeline_with_stats(&pcm, &speech, &dopts, encoder.as_deref())
     })
     .await?;
-    let turn_spans = diarize::turns::group_turns(&timeline.spans, opts.diarize.max_pause_in_turn_s);
+    let max_pause = opts.diarize.max_pause_in_turn_s;
+    let turn_spans = diarize::turns::fold_backchannels(
+        &diarize::turns::group_turns(&timeline.spans, max_pause),
+        opts.pieces.min_speech_s,
+        max_pause,
+    );
 
     ports.progress.report(Progress::transcribing(0, 1)).await?;
     let pieces = write_pieces(&timeline, &turn_spans, &pcm, &opts.pieces, &work).await?;

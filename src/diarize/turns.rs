@@ -52,6 +52,50 @@ pub fn group_turns(spans: &[VoiceSpan], max_pause_s: f64) -> Vec<TurnSpan> {
     turns
 }
 
+/// A change of voice this close (s) to a turn counts as touching it.
+const TOUCHING_S: f64 = 0.15;
+
+/// Folds a backchannel into the turn it interrupts: a turn with less than `min_speech_s` of
+/// speech (too short to transcribe alone) between two turns of the other voice, touching one of
+/// them and at most `max_pause_s` from both. Sent as its own sliver it would cut the other
+/// voice's words in two (and its own text is never sent); folded, the other voice's piece runs
+/// through it whole.
+pub fn fold_backchannels(turns: &[TurnSpan], min_speech_s: f64, max_pause_s: f64) -> Vec<TurnSpan> {
+    let mut out: Vec<TurnSpan> = Vec::with_capacity(turns.len());
+    let mut i = 0;
+    while i < turns.len() {
+        let t = turns[i];
+        let folds = |prev: &TurnSpan| {
+            turns.get(i + 1).is_some_and(|next| {
+                let (before, after) = (t.start_s - prev.end_s, next.start_s - t.end_s);
+                t.speech_s < min_speech_s
+                    && prev.voice == next.voice
+                    && prev.voice != t.voice
+                    && before.min(after) <= TOUCHING_S
+                    && before.max(after) <= max_pause_s
+            })
+        };
+        match out.last_mut() {
+            Some(prev) if folds(prev) => {
+                let next = turns[i + 1];
+                let speech = prev.speech_s + t.speech_s + next.speech_s;
+                prev.confidence = ((prev.confidence * prev.speech_s as f32
+                    + next.confidence * next.speech_s as f32)
+                    / (prev.speech_s + next.speech_s).max(1e-9) as f32)
+                    .clamp(0.0, 1.0);
+                prev.end_s = next.end_s;
+                prev.speech_s = speech;
+                i += 2;
+            }
+            _ => {
+                out.push(t);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Gives each transcript segment to the turn it lies in (by its midpoint; the nearest turn when
 /// it lies in a pause) and decides the roles from the words.
 pub fn label_turns(
@@ -177,6 +221,47 @@ mod tests {
             avg_logprob: None,
             speaker_label: None,
         }
+    }
+
+    fn turn(a: f64, b: f64, voice: u8, speech_s: f64) -> TurnSpan {
+        TurnSpan {
+            start_s: a,
+            end_s: b,
+            voice,
+            speech_s,
+            confidence: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_backchannel_inside_the_other_voice_is_folded_into_its_turn() {
+        let turns = [
+            turn(0.0, 5.0, 0, 5.0),
+            turn(5.0, 5.4, 1, 0.4), // "Right." over the end of a word: folded
+            turn(5.4, 9.0, 0, 3.6),
+            turn(9.5, 12.0, 1, 2.5),
+            turn(12.5, 12.9, 0, 0.4), // alone between pauses: cuts no word, stays
+            turn(13.4, 15.0, 1, 1.6),
+            turn(15.0, 16.0, 0, 1.0), // long enough to send alone: stays
+            turn(16.0, 18.0, 1, 2.0),
+        ];
+        let folded = fold_backchannels(&turns, 0.5, 2.0);
+        let spans: Vec<(f64, f64, u8)> = folded
+            .iter()
+            .map(|t| (t.start_s, t.end_s, t.voice))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0.0, 9.0, 0),
+                (9.5, 12.0, 1),
+                (12.5, 12.9, 0),
+                (13.4, 15.0, 1),
+                (15.0, 16.0, 0),
+                (16.0, 18.0, 1)
+            ]
+        );
+        assert!((folded[0].speech_s - 9.0).abs() < 1e-9);
     }
 
     #[test]

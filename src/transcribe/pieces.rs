@@ -23,6 +23,10 @@ pub struct PieceOptions {
     pub min_speech_s: f64,
     /// A pause this long (s) is a safe place to cut.
     pub min_pause_s: f64,
+    /// A turn's first and last piece reach this far (s) into the pause beside it, never past
+    /// the pause's middle: the speech map ends a soft word ending (a fricative, a breathy
+    /// vowel) a few tens of milliseconds early, and a transcriber drops a clipped last word.
+    pub pad_s: f64,
 }
 
 impl Default for PieceOptions {
@@ -31,6 +35,7 @@ impl Default for PieceOptions {
             max_s: 30.0,
             min_speech_s: 0.5,
             min_pause_s: 0.15,
+            pad_s: 0.15,
         }
     }
 }
@@ -49,11 +54,13 @@ const FRAME_S: f64 = 0.02;
 /// frame of the recording.
 pub fn plan_pieces(turns: &[TurnSpan], frame_db: &[f32], opts: &PieceOptions) -> Vec<PiecePlan> {
     let quiet = quiet_threshold(frame_db);
+    let recording_s = frame_db.len() as f64 * FRAME_S;
     let mut out = Vec::new();
     for (i, t) in turns.iter().enumerate() {
         if t.speech_s < opts.min_speech_s {
             continue;
         }
+        let first = out.len();
         let mut start = t.start_s;
         while t.end_s - start > opts.max_s {
             let cut = best_cut(frame_db, quiet, start, t.end_s, opts);
@@ -69,8 +76,18 @@ pub fn plan_pieces(turns: &[TurnSpan], frame_db: &[f32], opts: &PieceOptions) ->
             start_s: start,
             end_s: t.end_s,
         });
+        let before = i.checked_sub(1).map_or(0.0, |p| turns[p].end_s);
+        let after = turns.get(i + 1).map_or(recording_s, |n| n.start_s);
+        out[first].start_s -= padding(t.start_s - before, opts.pad_s);
+        out.last_mut().expect("pushed").end_s += padding(after - t.end_s, opts.pad_s);
     }
     out
+}
+
+/// How far a piece edge reaches into a pause of `pause_s` beside it (none where two turns
+/// touch: that edge is a change of voice inside continuous speech).
+fn padding(pause_s: f64, pad_s: f64) -> f64 {
+    (pause_s / 2.0).clamp(0.0, pad_s)
 }
 
 /// Frames at or below this level are pauses: a third of the way from the noise floor (5th
@@ -200,9 +217,34 @@ mod tests {
             turn(11.0, 12.0, 1.0),
         ];
         let p = plan_pieces(&turns, &levels(12.0, &[]), &PieceOptions::default());
-        let spans: Vec<(usize, f64, f64)> =
-            p.iter().map(|p| (p.turn, p.start_s, p.end_s)).collect();
-        assert_eq!(spans, vec![(0, 0.0, 10.0), (2, 11.0, 12.0)]);
+        let spans: Vec<(usize, f64, f64)> = p
+            .iter()
+            .map(|p| (p.turn, round_ms(p.start_s), round_ms(p.end_s)))
+            .collect();
+        // the backchannel is not sent; the pieces reach into the pauses beside them
+        assert_eq!(spans, vec![(0, 0.0, 10.0), (2, 10.85, 12.0)]);
+    }
+
+    #[test]
+    fn pieces_reach_into_pauses_but_not_across_a_change_of_voice() {
+        let turns = [
+            turn(1.0, 5.0, 4.0),
+            turn(5.0, 8.0, 3.0),  // touches the first: no padding there
+            turn(8.1, 12.0, 3.9), // 0.1 s after the second: half of it each
+            turn(13.0, 15.0, 2.0),
+        ];
+        let p = plan_pieces(&turns, &levels(15.1, &[]), &PieceOptions::default());
+        let spans: Vec<(f64, f64)> = p
+            .iter()
+            .map(|p| (round_ms(p.start_s), round_ms(p.end_s)))
+            .collect();
+        // the last: half of the 0.1 s left before the end of the recording
+        let want = vec![(0.85, 5.0), (5.0, 8.05), (8.05, 12.15), (12.85, 15.05)];
+        assert_eq!(spans, want);
+    }
+
+    fn round_ms(t: f64) -> f64 {
+        (t * 1000.0).round() / 1000.0
     }
 
     #[test]
@@ -219,7 +261,7 @@ mod tests {
         );
         assert!((p[0].end_s - 20.15).abs() < 0.03, "{p:?}");
         assert!((p[1].end_s - 48.11).abs() < 0.03, "{p:?}");
-        assert_eq!((p[2].start_s, p[2].end_s), (p[1].end_s, 70.0));
+        assert_eq!((p[2].start_s, round_ms(p[2].end_s)), (p[1].end_s, 70.0));
     }
 
     #[test]
