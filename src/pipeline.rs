@@ -175,6 +175,7 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         voice_share = ?stats.share,
         blocks_resegmented = stats.blocks_resegmented,
         changes_snapped = stats.changes_snapped,
+        changes_refined = stats.changes_refined,
         tone_blocks = stats.tone_blocks,
         "speaker timeline"
     );

@@ -18,11 +18,13 @@
 //!    discriminant, or the second voice holds almost no speech.
 //! 4. **Labels**: each 0.2 s block gets the likelier voice of its 0.6 s neighbourhood, so a change
 //!    inside continuous speech is found at block resolution; short flips are smoothed away; a
-//!    change without a pause is moved to the quietest 20 ms frame near it (a word boundary).
+//!    change without a pause is moved to the quietest 20 ms frame near it, then to the quietest
+//!    10 ms of the samples ([`boundary`]): the gap between two words.
 //! 5. **Turns** ([`turns`]): runs of one voice (pauses up to 2 s inside), each with the text of
 //!    the pieces transcribed inside it; **roles** ([`roles`]) from the words: the speaker who asks
 //!    more questions, opens the session and talks less is the coach.
 
+pub mod boundary;
 pub mod cluster;
 pub mod features;
 pub mod reseg;
@@ -64,6 +66,9 @@ pub struct DiarizeOptions {
     pub min_run_s: f64,
     /// A change inside continuous speech moves to the quietest frame within this distance (s).
     pub snap_change_s: f64,
+    /// ... and then to the quietest 10 ms of the samples within this distance (s)
+    /// ([`boundary`]).
+    pub refine_change_s: f64,
     /// One speaker's speech separated by a pause up to this long (s) stays one turn.
     pub max_pause_in_turn_s: f64,
     /// Redraw the clustering's labels with a Viterbi over per-voice models ([`reseg`]).
@@ -84,6 +89,7 @@ impl Default for DiarizeOptions {
             min_speaker_share: 0.03,
             min_run_s: 0.5,
             snap_change_s: 0.3,
+            refine_change_s: 0.2,
             max_pause_in_turn_s: 2.0,
             resegment: true,
         }
@@ -113,6 +119,8 @@ pub struct DiarizeStats {
     pub voice_cosine: Option<f32>,
     /// Speaker changes moved to a quieter frame.
     pub changes_snapped: usize,
+    /// ... and then to the quietest 10 ms of the samples.
+    pub changes_refined: usize,
     /// Blocks whose voice the resegmentation changed.
     pub blocks_resegmented: usize,
     /// Blocks left out as steady tone, not speech ([`features::drop_tones`]).
@@ -160,7 +168,9 @@ pub fn speaker_timeline_with_stats(
         }
         None => None,
     };
-    let (timeline, mut stats) = timeline::from_features(&feats, &speech, opts, voices.as_ref());
+    let (mut timeline, mut stats) = timeline::from_features(&feats, &speech, opts, voices.as_ref());
     stats.tone_blocks = tone_blocks;
+    stats.changes_refined =
+        boundary::snap_changes_to_dips(pcm_wav, &mut timeline.spans, opts.refine_change_s)?;
     Ok((timeline, stats))
 }
