@@ -11,6 +11,7 @@ pub mod loudness;
 pub mod manifest;
 pub mod mp4_edit;
 pub mod opus;
+pub mod pcm;
 pub mod peaks;
 pub mod resample;
 pub mod spill;

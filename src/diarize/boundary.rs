@@ -12,7 +12,8 @@
 use std::path::Path;
 
 use super::timeline::VoiceSpan;
-use crate::error::{Error, ErrorCode, Result};
+use crate::audio::pcm::PcmReader;
+use crate::error::Result;
 
 /// Length of one level window (s).
 const WINDOW_S: f64 = 0.010;
@@ -28,15 +29,8 @@ pub fn snap_changes_to_dips(
     spans: &mut [VoiceSpan],
     radius_s: f64,
 ) -> Result<usize> {
-    let internal = |e: hound::Error| {
-        Error::new(
-            ErrorCode::Internal,
-            format!("cannot read {}: {e}", pcm_wav.display()),
-        )
-    };
-    let mut reader = hound::WavReader::open(pcm_wav).map_err(internal)?;
-    let rate = f64::from(reader.spec().sample_rate);
-    let total = reader.duration();
+    let mut pcm = PcmReader::open(pcm_wav)?;
+    let rate = pcm.rate();
     let mut moved = 0;
     for i in 1..spans.len() {
         let (a, b) = (spans[i - 1], spans[i]);
@@ -48,24 +42,11 @@ pub fn snap_changes_to_dips(
         if hi_s <= lo_s {
             continue;
         }
-        let first = ((lo_s - WINDOW_S / 2.0) * rate).max(0.0) as u32;
-        let last = (((hi_s + WINDOW_S / 2.0) * rate).ceil() as u32).min(total);
-        if last <= first {
-            continue;
-        }
-        reader
-            .seek(first)
-            .map_err(|e| Error::io("cannot seek in the 16 kHz recording", e))?;
-        let samples: std::result::Result<Vec<f32>, hound::Error> = reader
-            .samples::<i16>()
-            .take((last - first) as usize)
-            .map(|s| s.map(f32::from))
-            .collect();
-        let samples = samples.map_err(internal)?;
-        let Some(dip) = quietest_window(&samples, rate, b.start_s - f64::from(first) / rate) else {
+        let (first_s, samples) = pcm.read(lo_s - WINDOW_S / 2.0, hi_s + WINDOW_S / 2.0)?;
+        let Some(dip) = quietest_window(&samples, rate, b.start_s - first_s) else {
             continue;
         };
-        let t = (f64::from(first) / rate + dip).clamp(lo_s, hi_s);
+        let t = (first_s + dip).clamp(lo_s, hi_s);
         if (t - b.start_s).abs() > 1e-6 {
             spans[i - 1].end_s = t;
             spans[i].start_s = t;

@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::audio::pcm::PcmReader;
+use crate::error::Result;
 use crate::speakers::embed::SpeakerEncoder;
 
 /// Units with less speech than this (s) get no embedding (too short to say who speaks).
@@ -35,15 +36,7 @@ pub fn embed_units(
     units: &[(f64, f64)],
     encoder: &dyn SpeakerEncoder,
 ) -> Result<Vec<Option<Vec<f32>>>> {
-    let internal = |e: hound::Error| {
-        Error::new(
-            ErrorCode::Internal,
-            format!("cannot read {}: {e}", pcm_wav.display()),
-        )
-    };
-    let mut reader = hound::WavReader::open(pcm_wav).map_err(internal)?;
-    let rate = f64::from(reader.spec().sample_rate);
-    let total = reader.duration();
+    let mut pcm = PcmReader::open(pcm_wav)?;
     let mut out: Vec<Option<Vec<f32>>> = vec![None; units.len()];
     let wanted: Vec<usize> = (0..units.len())
         .filter(|&i| units[i].1 - units[i].0 >= MIN_UNIT_S)
@@ -51,17 +44,7 @@ pub fn embed_units(
     for batch in wanted.chunks(64) {
         let mut audio: Vec<Vec<f32>> = Vec::with_capacity(batch.len());
         for &i in batch {
-            let first = ((units[i].0 * rate) as u32).min(total);
-            let last = ((units[i].1 * rate) as u32).clamp(first, total);
-            reader
-                .seek(first)
-                .map_err(|e| Error::io("cannot seek in the 16 kHz recording", e))?;
-            let samples: std::result::Result<Vec<f32>, hound::Error> = reader
-                .samples::<i16>()
-                .take((last - first) as usize)
-                .map(|s| s.map(|v| f32::from(v) / 32768.0))
-                .collect();
-            audio.push(samples.map_err(internal)?);
+            audio.push(pcm.read(units[i].0, units[i].1)?.1);
         }
         let refs: Vec<&[f32]> = audio.iter().map(Vec::as_slice).collect();
         for (&i, e) in batch.iter().zip(encoder.embed(&refs)) {
