@@ -163,15 +163,15 @@ fn chromium_shows_the_turns_labels_and_a_player_that_seeks() {
     let audio = dir.path().join("report.audio.wav");
     assert!(audio.is_file(), "the 16 kHz audio beside the report");
 
+    // Rows are the turns with words. This fixture's backchannel is folded into the turn it
+    // interrupts, so every turn here has words; timing-only turns are checked in
+    // `report::html`'s `timing_only_turns_leave_no_blank_rows_and_are_counted`.
     let spoken: Vec<_> = result
         .turns
         .iter()
         .filter(|t| !t.text.trim().is_empty())
         .collect();
-    assert!(
-        spoken.len() < result.turns.len(),
-        "the fixture has a timing-only turn"
-    );
+    assert!(spoken.len() >= 3, "{:?}", result.turns);
 
     let html = std::fs::read_to_string(&report).unwrap();
     let probed = dir.path().join("probed.html");
