@@ -333,3 +333,138 @@ fn voice_split_against_the_reference_report() {
         );
     }
 }
+
+/// Changes of voice without a pause in the reference: (end of one voice, start of the other)
+/// wherever the next voice starts within 0.1 s of the previous one's end.
+fn reference_changes(reference: &[scoring::Span]) -> Vec<(f64, f64)> {
+    let mut spans = reference.to_vec();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    spans
+        .windows(2)
+        .filter(|w| w[0].2 != w[1].2 && (w[1].0 - w[0].1).abs() < 0.1)
+        .map(|w| (w[0].1.min(w[1].0), w[0].1.max(w[1].0)))
+        .collect()
+}
+
+/// Issue 12, a development report: how close to the true change of voice each change without a
+/// pause lands (`diarize::boundary`), per case: changes found near a true one (within 0.5 s),
+/// how many fall inside the true gap between the two voices' words (within 5 ms), within 50 ms,
+/// and the mean distance. A piece edge outside the gap cuts a word.
+#[test]
+#[ignore = "a development report: run with --ignored --nocapture"]
+fn change_placement_report() {
+    let filter = std::env::var("TIMELINE_CASES").unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = prepare_all(dir.path(), &filter);
+    let encoder = audio_worker::speakers::load_configured()
+        .expect("the speaker model is missing: run scripts/fetch-speaker-model.sh");
+    println!("| case | changes | in the gap | within 50 ms | mean error (ms) |");
+    println!("|---|---|---|---|---|");
+    let (mut all, mut in_gap_all, mut near_all) = (0, 0, 0);
+    for case in &cases {
+        let timeline = diarize::speaker_timeline(
+            &case.pcm,
+            &case.speech,
+            &DiarizeOptions::default(),
+            Some(encoder.as_ref()),
+        )
+        .unwrap();
+        let truth = reference_changes(&case.reference);
+        let (mut n, mut in_gap, mut near, mut err_sum) = (0, 0, 0, 0.0);
+        for w in timeline.spans.windows(2) {
+            if w[0].voice == w[1].voice || w[1].start_s - w[0].end_s > 1e-6 {
+                continue;
+            }
+            let t = w[1].start_s;
+            let Some(&(gap_lo, gap_hi)) = truth
+                .iter()
+                .min_by(|a, b| dist(t, **a).total_cmp(&dist(t, **b)))
+            else {
+                continue;
+            };
+            let err = dist(t, (gap_lo, gap_hi));
+            if err > 0.5 {
+                continue; // not a true change placed nearby: a clustering error
+            }
+            n += 1;
+            in_gap += usize::from(err <= 0.005);
+            near += usize::from(err <= 0.05);
+            err_sum += err;
+        }
+        println!(
+            "| {} | {n} | {in_gap} | {near} | {:.0} |",
+            case.name,
+            1000.0 * err_sum / n.max(1) as f64
+        );
+        all += n;
+        in_gap_all += in_gap;
+        near_all += near;
+    }
+    println!("| all | {all} | {in_gap_all} | {near_all} | |");
+    assert!(!cases.is_empty(), "no case matches {filter:?}");
+}
+
+/// Distance (s) from `t` to the interval `gap`.
+fn dist(t: f64, gap: (f64, f64)) -> f64 {
+    if t < gap.0 {
+        gap.0 - t
+    } else if t > gap.1 {
+        t - gap.1
+    } else {
+        0.0
+    }
+}
+
+/// Issue 13, a development report: how alike the two voices the split finds are in a
+/// conversation of two voices, against the same for each voice alone (its units only, as a
+/// recording of one person would give them). The one-voice rule must tell these apart with a
+/// margin: per case, the centroid cosine and the smaller share of the split of all units, then
+/// of the coach's units alone and of the client's alone.
+#[test]
+#[ignore = "a development report: run with --ignored --nocapture"]
+fn one_voice_or_two_report() {
+    use audio_worker::diarize::{features, timeline, voices};
+    let filter = std::env::var("TIMELINE_CASES").unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = audio_worker::speakers::load_configured()
+        .expect("the speaker model is missing: run scripts/fetch-speaker-model.sh");
+    println!("| case | two voices: cosine, share | coach alone | client alone |");
+    println!("|---|---|---|---|");
+    for case in prepare_all(dir.path(), &filter) {
+        let feats = features::extract(&case.pcm, &case.speech, 10).unwrap();
+        let in_speech: Vec<bool> = feats.blocks.iter().map(|b| b.speech_frames > 0).collect();
+        let (units, _) = timeline::speech_units(&in_speech, feats.block_s);
+        let spans: Vec<(f64, f64)> = units
+            .iter()
+            .map(|&(a, b)| (a as f64 * feats.block_s, b as f64 * feats.block_s))
+            .collect();
+        let embeddings = voices::embed_units(&case.pcm, &spans, encoder.as_ref()).unwrap();
+        let weights: Vec<f32> = spans.iter().map(|(a, b)| (b - a) as f32).collect();
+        let truth: Vec<Option<usize>> = spans
+            .iter()
+            .map(|&(a, b)| reference_voice(&case.reference, a, b))
+            .collect();
+        let describe = |keep: &dyn Fn(Option<usize>) -> bool| {
+            let kept: Vec<Option<Vec<f32>>> = embeddings
+                .iter()
+                .zip(&truth)
+                .map(|(e, t)| e.clone().filter(|_| keep(*t)))
+                .collect();
+            match voices::split_voices(&kept, &weights) {
+                Some(s) => format!(
+                    "{:.3}, {:.2}",
+                    s.centroid_cosine,
+                    s.share[0].min(s.share[1])
+                ),
+                None => "-".to_string(),
+            }
+        };
+        println!(
+            "| {} | {} | {} | {} |",
+            case.name,
+            describe(&|_| true),
+            describe(&|t| t == Some(0)),
+            describe(&|t| t == Some(1)),
+        );
+    }
+}

@@ -58,9 +58,8 @@ pub struct DiarizeOptions {
     pub bic_lambda: f64,
     /// Voices in the session: 2 (a 1-on-1 session, the prior) or 1 (never split).
     pub expected_speakers: usize,
-    /// Below this cross-validated separation (d') the two groups are one voice.
-    pub min_separation: f64,
-    /// A second voice needs at least this share of the voiced windows.
+    /// A second voice needs at least this share of the voiced windows; with less the session
+    /// is one voice (the only evidence for one voice that two similar voices never give).
     pub min_speaker_share: f32,
     /// Label runs shorter than this (s) that touch the other speaker are smoothed away.
     pub min_run_s: f64,
@@ -85,7 +84,6 @@ impl Default for DiarizeOptions {
             pitch_weight: 1.0,
             bic_lambda: 1.0,
             expected_speakers: 2,
-            min_separation: 1.2,
             min_speaker_share: 0.03,
             min_run_s: 0.5,
             snap_change_s: 0.3,

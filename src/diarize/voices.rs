@@ -15,9 +15,11 @@ pub const MIN_UNIT_S: f64 = 0.5;
 const MIN_START_SHARE: f32 = 0.05;
 /// Sharpness of a unit's voice posterior from its cosine similarities to the two voices.
 const POSTERIOR_SCALE: f32 = 12.0;
-/// Two voices whose centroids are more alike than this are one (cosine similarity). High on
-/// purpose: two is the prior, and one synthetic voice split in two measures about 0.66.
-pub const ONE_VOICE_COSINE: f32 = 0.95;
+/// A split whose two centroids are more alike than this is too weak to decide who is who, and
+/// the block features (pitch, cepstra) get their chance. It never makes a session one voice:
+/// one voice alone splits into groups 0.45-0.97 alike, two similar voices 0.63-0.97
+/// (`tests/timeline.rs`, `one_voice_or_two_report`).
+pub const WEAK_SPLIT_COSINE: f32 = 0.95;
 
 /// The two-voice split of the units.
 #[derive(Debug, Clone)]
@@ -244,13 +246,13 @@ mod tests {
     }
 
     #[test]
-    fn one_direction_is_one_voice() {
+    fn one_direction_is_a_weak_split() {
         let e: Vec<Option<Vec<f32>>> = (0..10)
             .map(|i| unit(&[1.0, 0.01 * i as f32, 0.02]))
             .collect();
         let s = split_voices(&e, &[1.0; 10]).unwrap();
         assert!(
-            s.centroid_cosine > ONE_VOICE_COSINE,
+            s.centroid_cosine > WEAK_SPLIT_COSINE,
             "{}",
             s.centroid_cosine
         );
