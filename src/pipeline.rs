@@ -51,8 +51,9 @@ pub struct Ports {
 #[derive(Debug, Clone)]
 pub struct PipelineJob {
     pub session_id: String,
-    /// ISO-639-1 language of the session ("ja").
-    pub language: String,
+    /// ISO-639-1 language of the session ("ja"). `None` (replay when nobody named one): the
+    /// transcriber detects it, and the result carries what it found.
+    pub language: Option<String>,
     /// Vocabulary for the transcriber (the job's `keywords`), possibly empty.
     pub keywords: Vec<String>,
 }
@@ -204,6 +205,10 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
     drop(tx);
     let _ = forward.await;
     let transcript = transcript?;
+    let language = job
+        .language
+        .clone()
+        .unwrap_or_else(|| transcript.language.clone());
 
     enter(ports, Stage::Diarization).await?;
     let diarization = diarize::turns::label_turns(&timeline, &turn_spans, &transcript);
@@ -217,7 +222,7 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
             let input = AnalysisInput {
                 turns: &diarization.turns,
                 metrics: &metrics,
-                language: &job.language,
+                language: &language,
                 duration_s,
             };
             match analyzer.analyze(&input).await {
@@ -261,7 +266,7 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         session_id: job.session_id.clone(),
         source: manifest.source.clone(),
         duration_s,
-        language: job.language.clone(),
+        language,
         speech: manifest.speech.clone(),
         waveform,
         turns: diarization.turns,

@@ -175,40 +175,11 @@ fn open_sidecar(path: &Path) -> Result<ChosenTranscriber> {
         message: format!("the transcript is not usable: {}", e.message),
     })?;
     Ok(ChosenTranscriber {
-        language: sidecar.language().and_then(iso_639_1),
+        language: sidecar
+            .language()
+            .and_then(crate::transcribe::language::iso_639_1),
         transcriber: Arc::new(sidecar),
     })
-}
-
-/// Whisper's `verbose_json` names the language in English ("japanese"); the result, the
-/// analysis prompt and the transcription requests use ISO-639-1 codes.
-pub fn iso_639_1(name: &str) -> Option<String> {
-    const NAMES: [(&str, &str); 16] = [
-        ("english", "en"),
-        ("japanese", "ja"),
-        ("chinese", "zh"),
-        ("korean", "ko"),
-        ("spanish", "es"),
-        ("french", "fr"),
-        ("german", "de"),
-        ("italian", "it"),
-        ("portuguese", "pt"),
-        ("russian", "ru"),
-        ("dutch", "nl"),
-        ("vietnamese", "vi"),
-        ("thai", "th"),
-        ("indonesian", "id"),
-        ("hindi", "hi"),
-        ("arabic", "ar"),
-    ];
-    let name = name.trim().to_ascii_lowercase();
-    if name.len() == 2 && name.bytes().all(|b| b.is_ascii_lowercase()) {
-        return Some(name);
-    }
-    NAMES
-        .iter()
-        .find(|(full, _)| *full == name)
-        .map(|(_, code)| code.to_string())
 }
 
 /// The transcriber replay uses: an explicit `--transcript`, else `<stem>.transcript.json` beside
@@ -244,14 +215,11 @@ pub struct ReplayArgs {
     pub transcript: Option<PathBuf>,
     pub out: PathBuf,
     pub report: Option<PathBuf>,
-    /// `None`: the transcript's language, else [`DEFAULT_LANGUAGE`].
+    /// `None`: the transcript's language, else the one the transcriber detects.
     pub language: Option<String>,
     pub no_analysis: bool,
     pub session_id: String,
 }
-
-/// The session language when neither `--language` nor the transcript names one: the product's.
-pub const DEFAULT_LANGUAGE: &str = "ja";
 
 /// Runs the pipeline on a local file, writes the result (and report), prints a summary.
 /// A failed analysis is written into the result and then reported as the command's error.
@@ -260,11 +228,7 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         transcriber,
         language: heard,
     } = choose_transcriber(&args.input, args.transcript.as_deref())?;
-    let language = args
-        .language
-        .clone()
-        .or(heard)
-        .unwrap_or_else(|| DEFAULT_LANGUAGE.to_string());
+    let language = args.language.clone().or(heard);
     let analyzer: Option<Arc<dyn Analyzer>> = match (args.no_analysis, GeminiConfig::from_env()) {
         (false, Some(config)) => Some(Arc::new(GeminiAnalyzer::new(config)?)),
         _ => None,
@@ -392,13 +356,5 @@ mod tests {
             Stage::Downloading.message(),
             "音声ファイルをダウンロード中..."
         );
-    }
-
-    #[test]
-    fn whisper_language_names_become_iso_codes() {
-        assert_eq!(iso_639_1("english").as_deref(), Some("en"));
-        assert_eq!(iso_639_1("Japanese").as_deref(), Some("ja"));
-        assert_eq!(iso_639_1("en").as_deref(), Some("en"));
-        assert_eq!(iso_639_1("klingon"), None);
     }
 }

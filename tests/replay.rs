@@ -62,7 +62,7 @@ fn options(work: &Path) -> PipelineOptions {
 fn job() -> PipelineJob {
     PipelineJob {
         session_id: "session-1".into(),
-        language: "en".into(),
+        language: Some("en".into()),
         keywords: Vec::new(),
     }
 }
@@ -314,4 +314,68 @@ fn replay_without_transcript_or_key_names_both_options() {
         "{stderr}"
     );
     assert!(stderr.contains("talk.transcript.json"), "{stderr}");
+}
+
+/// Issue 17: without `--language` and without a transcript that names one, replay asks the
+/// transcriber without a language (the model detects it) and the result carries the language
+/// the words are in, not an assumed Japanese. A text-only model reports no language, so it comes
+/// from the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_through_openai_without_a_language_detects_it() {
+    for (case, expected) in [
+        ("dialogues/clear", "en"),
+        ("conversations/jtalk-clear-1", "ja"),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let original = ["flac", "opus"]
+            .iter()
+            .map(|ext| fixture(&format!("{case}.{ext}")))
+            .find(|p| p.exists())
+            .unwrap();
+        // away from the fixture's transcript, which replay would take instead of OpenAI
+        let audio = work
+            .path()
+            .join("talk")
+            .with_extension(original.extension().unwrap());
+        std::fs::copy(&original, &audio).unwrap();
+        let server = common::fakes::whisper(
+            &audio,
+            &fixture(&format!("{case}.truth.json")),
+            Duration::ZERO,
+        )
+        .await;
+        let mut cmd = replay_cmd(work.path());
+        cmd.arg("replay")
+            .arg(&audio)
+            .args(["--out", "result.json"])
+            .env("OPENAI_API_KEY", common::fakes::OPENAI_KEY)
+            .env("OPENAI_BASE_URL", common::fakes::openai_base(&server))
+            .env("WHISPER_MODEL", "gpt-transcribe");
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let requests = server.received_requests().await.unwrap();
+        let uploads: Vec<_> = requests
+            .iter()
+            .filter(|r| r.method.as_str() == "POST")
+            .collect();
+        assert!(!uploads.is_empty(), "{case}: nothing was transcribed");
+        for r in uploads {
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(
+                !body.contains("name=\"language\""),
+                "{case}: a language was sent though none was given"
+            );
+        }
+        let result: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(work.path().join("result.json")).unwrap())
+                .unwrap();
+        assert_eq!(result["language"], expected, "{case}");
+        assert_eq!(result["transcript"]["language"], expected, "{case}");
+    }
 }

@@ -91,7 +91,7 @@ async fn run_case(case: &Case, segments: bool, encoder: Option<Arc<dyn SpeakerEn
     };
     let job = PipelineJob {
         session_id: case.name.clone(),
-        language: truth.language.clone(),
+        language: Some(truth.language.clone()),
         keywords: Vec::new(),
     };
     let opts = PipelineOptions {

@@ -564,7 +564,7 @@ async fn keywords_reach_text_only_models_as_repeated_multipart_fields() {
     let dir = tempfile::tempdir().unwrap();
     let t = Arc::new(OpenAiTranscriber::new(config(&server, ResponseMode::Text)).unwrap());
     let context = TranscribeContext {
-        language: "ja".into(),
+        language: Some("ja".into()),
         keywords: vec!["山田太郎".into(), "Acme株式会社".into()],
     };
     let transcript = transcribe_all(
@@ -620,7 +620,7 @@ async fn keywords_reach_text_only_models_as_repeated_multipart_fields() {
         .await;
     let t = Arc::new(OpenAiTranscriber::new(config(&refusing, ResponseMode::Text)).unwrap());
     let context = TranscribeContext {
-        language: "ja".into(),
+        language: Some("ja".into()),
         keywords: vec!["Acme".into()],
     };
     let err = transcribe_all(

@@ -62,7 +62,8 @@ pub struct ReplayCommand {
     /// Also write a self-contained HTML report here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Language of the session (ISO-639-1; default: the transcript's, else ja).
+    /// Language of the session (ISO-639-1). Default: the transcript's, else the one the
+    /// transcriber finds.
     #[arg(long)]
     language: Option<String>,
     /// Skip the analysis even when GOOGLE_API_KEY is set.

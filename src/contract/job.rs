@@ -292,7 +292,7 @@ impl Job {
     pub fn pipeline_job(&self) -> PipelineJob {
         PipelineJob {
             session_id: self.session_id.clone(),
-            language: self.base_language().to_string(),
+            language: Some(self.base_language().to_string()),
             keywords: self.keywords.clone(),
         }
     }
@@ -665,7 +665,7 @@ mod tests {
         assert_eq!(job.language, "ja");
         let job = parse(&with(&["language"], json!("en-US"))).unwrap();
         assert_eq!(job.base_language(), "en");
-        assert_eq!(job.pipeline_job().language, "en");
+        assert_eq!(job.pipeline_job().language.as_deref(), Some("en"));
     }
 
     #[test]

@@ -24,14 +24,27 @@ const BOUNDARY_SEGMENTS: usize = 2;
 /// ... and how close in time (s) a repeat must follow the original to be one.
 const REPEAT_WITHIN_S: f64 = 5.0;
 
-/// Merges chunk results (in any order) into one time-ordered transcript.
+/// The language of a transcript nobody named a language for and whose text says none
+/// (BCP 47 "undetermined").
+pub const UNDETERMINED: &str = "und";
+
+/// Merges chunk results (in any order) into one time-ordered transcript in `language`, or when
+/// that is `None` in the language the model reported or the text is written in.
 pub fn merge(
     mut chunks: Vec<ChunkResult>,
     speech: &[[f64; 2]],
-    language: &str,
+    language: Option<&str>,
     source: &str,
 ) -> Transcript {
     chunks.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+    let language = match language {
+        Some(l) => l.to_string(),
+        None => super::language::of_pieces(
+            chunks.iter().map(|c| c.text.language.as_deref()),
+            chunks.iter().map(|c| c.text.text.as_str()),
+        )
+        .unwrap_or_else(|| UNDETERMINED.to_string()),
+    };
     let mut segments: Vec<Segment> = Vec::new();
     for chunk in chunks {
         let shifted = chunk_segments(&chunk);
@@ -52,7 +65,7 @@ pub fn merge(
     }
     segments.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
     Transcript {
-        language: language.to_string(),
+        language,
         segments,
         source: source.to_string(),
     }
@@ -148,7 +161,7 @@ mod tests {
                 vec![seg(1.0, 2.0, "一つ目", 0.0), seg(590.0, 605.0, "端", 0.0)],
             ),
         ];
-        let t = merge(chunks, &[[0.0, 1200.0]], "ja", "test");
+        let t = merge(chunks, &[[0.0, 1200.0]], Some("ja"), "test");
         let times: Vec<(f64, f64)> = t.segments.iter().map(|s| (s.start_s, s.end_s)).collect();
         // The segment running past its chunk's end is clipped to it.
         assert_eq!(times, vec![(1.0, 2.0), (590.0, 600.0), (605.0, 608.0)]);
@@ -166,7 +179,7 @@ mod tests {
                 seg(50.0, 52.0, "小さな声", 0.1), // low probability: kept
             ],
         )];
-        let t = merge(chunks, &speech, "ja", "test");
+        let t = merge(chunks, &speech, Some("ja"), "test");
         let texts: Vec<&str> = t.segments.iter().map(|s| s.text.as_str()).collect();
         assert_eq!(texts, vec!["本当の発話", "小さな声"]);
     }
@@ -184,7 +197,7 @@ mod tests {
                 ],
             ),
         ];
-        let t = merge(chunks, &[[0.0, 20.0]], "ja", "test");
+        let t = merge(chunks, &[[0.0, 20.0]], Some("ja"), "test");
         assert_eq!(t.segments.len(), 2);
         assert_eq!(t.segments[1].text, "はい。");
         // The same words said again much later are not a repeat.
@@ -193,7 +206,9 @@ mod tests {
             chunk(600.0, 1200.0, vec![seg(0.0, 1.0, "はい。", 0.0)]),
         ];
         assert_eq!(
-            merge(chunks, &[[0.0, 1200.0]], "ja", "test").segments.len(),
+            merge(chunks, &[[0.0, 1200.0]], Some("ja"), "test")
+                .segments
+                .len(),
             2
         );
     }
@@ -202,7 +217,7 @@ mod tests {
     fn text_only_replies_span_their_piece() {
         let mut c = chunk(12.5, 20.0, vec![]);
         c.text.text = " はい ".into();
-        let t = merge(vec![c], &[[12.5, 20.0]], "ja", "test");
+        let t = merge(vec![c], &[[12.5, 20.0]], Some("ja"), "test");
         assert_eq!((t.segments[0].start_s, t.segments[0].end_s), (12.5, 20.0));
         assert_eq!(t.segments[0].text, "はい");
     }

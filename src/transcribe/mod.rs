@@ -2,6 +2,7 @@
 //! single-speaker pieces every model is sent, and the merge of their text onto the original
 //! timeline.
 
+pub mod language;
 pub mod merge;
 pub mod openai;
 pub mod pieces;
@@ -33,7 +34,8 @@ pub struct ChunkAudio {
 #[derive(Debug, Clone)]
 pub struct ChunkRequest<'a> {
     pub audio: &'a ChunkAudio,
-    pub language: &'a str,
+    /// ISO-639-1; `None`: the model detects it.
+    pub language: Option<&'a str>,
     /// The tail of the text just before this piece, for continuity, when it is known.
     pub prompt: Option<String>,
     /// The job's vocabulary (names, company terms), possibly empty.
@@ -43,7 +45,8 @@ pub struct ChunkRequest<'a> {
 /// What every piece of one job is transcribed with: its language and vocabulary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TranscribeContext {
-    pub language: String,
+    /// `None` when nobody named it: the model detects it ([`language`]).
+    pub language: Option<String>,
     pub keywords: Vec<String>,
 }
 
@@ -51,7 +54,7 @@ impl From<&str> for TranscribeContext {
     /// A language and no vocabulary.
     fn from(language: &str) -> Self {
         TranscribeContext {
-            language: language.to_string(),
+            language: Some(language.to_string()),
             keywords: Vec::new(),
         }
     }
@@ -101,7 +104,7 @@ pub async fn transcribe_all(
                 let result = transcriber
                     .transcribe(ChunkRequest {
                         audio: &audio,
-                        language: &context.language,
+                        language: context.language.as_deref(),
                         prompt,
                         keywords: &context.keywords,
                     })
@@ -153,7 +156,7 @@ pub async fn transcribe_all(
     Ok(merge::merge(
         results,
         speech,
-        &context.language,
+        context.language.as_deref(),
         &transcriber.name(),
     ))
 }

@@ -209,7 +209,7 @@ impl OpenAiTranscriber {
                 },
             },
             model: self.config.model.clone(),
-            language: Some(req.language.to_string()),
+            language: req.language.map(str::to_string),
             prompt: self.prompt_for(req),
             response_format: Some(match self.config.mode {
                 ResponseMode::Segments => AudioResponseFormat::VerboseJson,
@@ -337,8 +337,10 @@ impl OpenAiTranscriber {
         let mut form = reqwest::multipart::Form::new()
             .part("file", file)
             .text("model", self.config.model.clone())
-            .text("language", req.language.to_string())
             .text("response_format", "json");
+        if let Some(language) = req.language {
+            form = form.text("language", language.to_string());
+        }
         if let Some(prompt) = self.prompt_for(req) {
             form = form.text("prompt", prompt);
         }
