@@ -239,6 +239,39 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The clustering units of a case as the pipeline embeds them (at most 1.6 s of uninterrupted
+/// speech): their embeddings, lengths (s) and reference voices.
+struct Units {
+    embeddings: Vec<Option<Vec<f32>>>,
+    weights: Vec<f32>,
+    truth: Vec<Option<usize>>,
+}
+
+fn embedded_units(
+    case: &Prepared,
+    encoder: &dyn audio_worker::speakers::embed::SpeakerEncoder,
+) -> Units {
+    use audio_worker::diarize::{features, timeline, voices};
+    let feats = features::extract(&case.pcm, &case.speech, 10).unwrap();
+    let in_speech: Vec<bool> = feats.blocks.iter().map(|b| b.speech_frames > 0).collect();
+    let (units, _) = timeline::speech_units(&in_speech, feats.block_s);
+    let spans: Vec<(f64, f64)> = units
+        .iter()
+        .map(|&(a, b)| (a as f64 * feats.block_s, b as f64 * feats.block_s))
+        .collect();
+    let embeddings = voices::embed_units(&case.pcm, &spans, encoder).unwrap();
+    let weights: Vec<f32> = spans.iter().map(|(a, b)| (b - a) as f32).collect();
+    let truth = spans
+        .iter()
+        .map(|&(a, b)| reference_voice(&case.reference, a, b))
+        .collect();
+    Units {
+        embeddings,
+        weights,
+        truth,
+    }
+}
+
 /// Issue 13, a development report: are the voices in the embeddings, or does the clustering
 /// miss them? Per case, over the clustering units (at most 1.6 s of uninterrupted speech, as
 /// the pipeline embeds them), the share of speech whose unit is nearer the centroid of its true
@@ -249,7 +282,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 #[ignore = "a development report: run with --ignored --nocapture"]
 fn voice_split_against_the_reference_report() {
-    use audio_worker::diarize::{features, timeline, voices};
+    use audio_worker::diarize::voices;
     let filter = std::env::var("TIMELINE_CASES").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let encoder = audio_worker::speakers::load_configured()
@@ -257,20 +290,12 @@ fn voice_split_against_the_reference_report() {
     println!("| case | units | oracle | split | objective true / found |");
     println!("|---|---|---|---|---|");
     for case in prepare_all(dir.path(), &filter) {
-        let feats = features::extract(&case.pcm, &case.speech, 10).unwrap();
-        let in_speech: Vec<bool> = feats.blocks.iter().map(|b| b.speech_frames > 0).collect();
-        let (units, _) = timeline::speech_units(&in_speech, feats.block_s);
-        let spans: Vec<(f64, f64)> = units
-            .iter()
-            .map(|&(a, b)| (a as f64 * feats.block_s, b as f64 * feats.block_s))
-            .collect();
-        let embeddings = voices::embed_units(&case.pcm, &spans, encoder.as_ref()).unwrap();
-        let weights: Vec<f32> = spans.iter().map(|(a, b)| (b - a) as f32).collect();
+        let Units {
+            embeddings,
+            weights,
+            truth,
+        } = embedded_units(&case, encoder.as_ref());
         let split = voices::split_voices(&embeddings, &weights).unwrap();
-        let truth: Vec<Option<usize>> = spans
-            .iter()
-            .map(|&(a, b)| reference_voice(&case.reference, a, b))
-            .collect();
         let found: Vec<Option<usize>> = split
             .p_voice1
             .iter()
@@ -423,7 +448,7 @@ fn dist(t: f64, gap: (f64, f64)) -> f64 {
 #[test]
 #[ignore = "a development report: run with --ignored --nocapture"]
 fn one_voice_or_two_report() {
-    use audio_worker::diarize::{features, timeline, voices};
+    use audio_worker::diarize::voices;
     let filter = std::env::var("TIMELINE_CASES").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let encoder = audio_worker::speakers::load_configured()
@@ -431,19 +456,11 @@ fn one_voice_or_two_report() {
     println!("| case | two voices: cosine, share | coach alone | client alone |");
     println!("|---|---|---|---|");
     for case in prepare_all(dir.path(), &filter) {
-        let feats = features::extract(&case.pcm, &case.speech, 10).unwrap();
-        let in_speech: Vec<bool> = feats.blocks.iter().map(|b| b.speech_frames > 0).collect();
-        let (units, _) = timeline::speech_units(&in_speech, feats.block_s);
-        let spans: Vec<(f64, f64)> = units
-            .iter()
-            .map(|&(a, b)| (a as f64 * feats.block_s, b as f64 * feats.block_s))
-            .collect();
-        let embeddings = voices::embed_units(&case.pcm, &spans, encoder.as_ref()).unwrap();
-        let weights: Vec<f32> = spans.iter().map(|(a, b)| (b - a) as f32).collect();
-        let truth: Vec<Option<usize>> = spans
-            .iter()
-            .map(|&(a, b)| reference_voice(&case.reference, a, b))
-            .collect();
+        let Units {
+            embeddings,
+            weights,
+            truth,
+        } = embedded_units(&case, encoder.as_ref());
         let describe = |keep: &dyn Fn(Option<usize>) -> bool| {
             let kept: Vec<Option<Vec<f32>>> = embeddings
                 .iter()
