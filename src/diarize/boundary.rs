@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use super::timeline::VoiceSpan;
+use super::timeline::{VoiceSpan, move_changes};
 use crate::audio::pcm::PcmReader;
 use crate::error::Result;
 
@@ -31,29 +31,14 @@ pub fn snap_changes_to_dips(
 ) -> Result<usize> {
     let mut pcm = PcmReader::open(pcm_wav)?;
     let rate = pcm.rate();
-    let mut moved = 0;
-    for i in 1..spans.len() {
-        let (a, b) = (spans[i - 1], spans[i]);
-        if a.voice == b.voice || b.start_s - a.end_s > 1e-6 {
-            continue;
-        }
-        let lo_s = (b.start_s - radius_s).max(a.start_s + MIN_SPAN_S);
-        let hi_s = (b.start_s + radius_s).min(b.end_s - MIN_SPAN_S);
+    move_changes(spans, radius_s, MIN_SPAN_S, |change_s, lo_s, hi_s| {
         if hi_s <= lo_s {
-            continue;
+            return Ok(None);
         }
         let (first_s, samples) = pcm.read(lo_s - WINDOW_S / 2.0, hi_s + WINDOW_S / 2.0)?;
-        let Some(dip) = quietest_window(&samples, rate, b.start_s - first_s) else {
-            continue;
-        };
-        let t = (first_s + dip).clamp(lo_s, hi_s);
-        if (t - b.start_s).abs() > 1e-6 {
-            spans[i - 1].end_s = t;
-            spans[i].start_s = t;
-            moved += 1;
-        }
-    }
-    Ok(moved)
+        Ok(quietest_window(&samples, rate, change_s - first_s)
+            .map(|dip| (first_s + dip).clamp(lo_s, hi_s)))
+    })
 }
 
 /// The centre (s from the first sample) of the 10 ms window with the least energy; of equally
@@ -90,15 +75,6 @@ fn quietest_window(samples: &[f32], rate: f64, near_s: f64) -> Option<f64> {
 mod tests {
     use super::*;
 
-    fn span(a: f64, b: f64, voice: u8) -> VoiceSpan {
-        VoiceSpan {
-            start_s: a,
-            end_s: b,
-            voice,
-            confidence: 1.0,
-        }
-    }
-
     /// 3 s of loud noise at 16 kHz with silent gaps (s).
     fn noise_with_gaps(path: &Path, gaps: &[(f64, f64)]) {
         let spec = hound::WavSpec {
@@ -124,7 +100,7 @@ mod tests {
         let wav = dir.path().join("a.wav");
         // a 10 ms gap astride two 20 ms frames, 0.15 s before the change
         noise_with_gaps(&wav, &[(1.005, 1.015)]);
-        let mut spans = vec![span(0.0, 1.16, 0), span(1.16, 2.5, 1)];
+        let mut spans = vec![VoiceSpan::sure(0.0, 1.16, 0), VoiceSpan::sure(1.16, 2.5, 1)];
         assert_eq!(snap_changes_to_dips(&wav, &mut spans, 0.2).unwrap(), 1);
         assert!((spans[0].end_s - 1.01).abs() < 0.004, "{spans:?}");
         assert_eq!(spans[0].end_s, spans[1].start_s);
@@ -136,9 +112,9 @@ mod tests {
         let wav = dir.path().join("a.wav");
         noise_with_gaps(&wav, &[(0.5, 0.51), (2.0, 2.2)]);
         let mut spans = vec![
-            span(0.0, 1.0, 0), // the gap at 0.5 s is beyond the 0.2 s radius of 1.0 s
-            span(1.0, 2.0, 1),
-            span(2.2, 3.0, 0), // after a pause: not a change inside speech
+            VoiceSpan::sure(0.0, 1.0, 0), // the gap at 0.5 s is beyond the 0.2 s radius of 1.0 s
+            VoiceSpan::sure(1.0, 2.0, 1),
+            VoiceSpan::sure(2.2, 3.0, 0), // after a pause: not a change inside speech
         ];
         let before = spans.clone();
         snap_changes_to_dips(&wav, &mut spans, 0.2).unwrap();

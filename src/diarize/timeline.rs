@@ -19,6 +19,19 @@ pub struct VoiceSpan {
     pub confidence: f32,
 }
 
+#[cfg(test)]
+impl VoiceSpan {
+    /// A span labelled with full confidence (for tests).
+    pub(crate) fn sure(start_s: f64, end_s: f64, voice: u8) -> VoiceSpan {
+        VoiceSpan {
+            start_s,
+            end_s,
+            voice,
+            confidence: 1.0,
+        }
+    }
+}
+
 /// Who speaks when, from the audio alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpeakerTimeline {
@@ -481,35 +494,51 @@ fn voice_spans(
     spans
 }
 
-/// Moves each change between two voices without a pause to the quietest 20 ms frame within
-/// `radius_s` (between two words rather than inside one); returns how many moved.
-fn snap_changes(spans: &mut [VoiceSpan], frame_db: &[f32], radius_s: f64) -> usize {
-    let frame_s = HOP as f64 / f64::from(RATE);
+/// Moves each change between two voices without a pause (one span ends where the next begins)
+/// to where `place(change_s, lo_s, hi_s)` puts it, `None` leaving it: `lo_s..hi_s` is
+/// `radius_s` either side of it, kept `margin_s` from either span's other end. Returns how many
+/// moved.
+pub(crate) fn move_changes<E>(
+    spans: &mut [VoiceSpan],
+    radius_s: f64,
+    margin_s: f64,
+    mut place: impl FnMut(f64, f64, f64) -> std::result::Result<Option<f64>, E>,
+) -> std::result::Result<usize, E> {
     let mut moved = 0;
     for i in 1..spans.len() {
         let (a, b) = (spans[i - 1], spans[i]);
         if a.voice == b.voice || b.start_s - a.end_s > 1e-6 {
             continue;
         }
-        let lo_s = (b.start_s - radius_s).max(a.start_s + frame_s);
-        let hi_s = (b.start_s + radius_s).min(b.end_s - frame_s);
-        let (lo, hi) = (
-            (lo_s / frame_s).ceil() as usize,
-            (hi_s / frame_s).floor() as usize,
-        );
-        let Some(quietest) = (lo..=hi.min(frame_db.len().saturating_sub(1)))
-            .filter(|_| lo <= hi)
-            .min_by(|&x, &y| frame_db[x].total_cmp(&frame_db[y]))
-        else {
+        let lo_s = (b.start_s - radius_s).max(a.start_s + margin_s);
+        let hi_s = (b.start_s + radius_s).min(b.end_s - margin_s);
+        let Some(t) = place(b.start_s, lo_s, hi_s)? else {
             continue;
         };
-        let t = (quietest as f64 + 0.5) * frame_s;
         if (t - b.start_s).abs() > 1e-6 {
             spans[i - 1].end_s = t;
             spans[i].start_s = t;
             moved += 1;
         }
     }
+    Ok(moved)
+}
+
+/// Moves each change between two voices without a pause to the quietest 20 ms frame within
+/// `radius_s` (between two words rather than inside one); returns how many moved.
+fn snap_changes(spans: &mut [VoiceSpan], frame_db: &[f32], radius_s: f64) -> usize {
+    let frame_s = HOP as f64 / f64::from(RATE);
+    let quietest_frame = |_, lo_s: f64, hi_s: f64| {
+        let (lo, hi) = (
+            (lo_s / frame_s).ceil() as usize,
+            (hi_s / frame_s).floor() as usize,
+        );
+        let quietest = (lo..=hi.min(frame_db.len().saturating_sub(1)))
+            .filter(|_| lo <= hi)
+            .min_by(|&x, &y| frame_db[x].total_cmp(&frame_db[y]));
+        Ok::<_, std::convert::Infallible>(quietest.map(|q| (q as f64 + 0.5) * frame_s))
+    };
+    let Ok(moved) = move_changes(spans, radius_s, frame_s, quietest_frame);
     moved
 }
 

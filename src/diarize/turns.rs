@@ -17,6 +17,19 @@ pub struct TurnSpan {
     pub confidence: f32,
 }
 
+impl TurnSpan {
+    /// Extends the turn over a later stretch of its voice: `speech_s` of speech ending at
+    /// `end_s`, labelled with `confidence` (the turn's confidence is the speech-weighted mean).
+    fn absorb(&mut self, end_s: f64, speech_s: f64, confidence: f32) {
+        let total = self.speech_s + speech_s;
+        self.confidence = ((self.confidence * self.speech_s as f32 + confidence * speech_s as f32)
+            / total.max(1e-9) as f32)
+            .clamp(0.0, 1.0);
+        self.end_s = end_s;
+        self.speech_s = total;
+    }
+}
+
 /// The diariser's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Diarization {
@@ -34,11 +47,7 @@ pub fn group_turns(spans: &[VoiceSpan], max_pause_s: f64) -> Vec<TurnSpan> {
         let len = s.end_s - s.start_s;
         match turns.last_mut() {
             Some(t) if t.voice == s.voice && s.start_s - t.end_s <= max_pause_s + 1e-9 => {
-                let total = t.speech_s + len;
-                t.confidence = (t.confidence * t.speech_s as f32 + s.confidence * len as f32)
-                    / total.max(1e-9) as f32;
-                t.end_s = s.end_s;
-                t.speech_s = total;
+                t.absorb(s.end_s, len, s.confidence);
             }
             _ => turns.push(TurnSpan {
                 start_s: s.start_s,
@@ -78,13 +87,9 @@ pub fn fold_backchannels(turns: &[TurnSpan], min_speech_s: f64, max_pause_s: f64
         match out.last_mut() {
             Some(prev) if folds(prev) => {
                 let next = turns[i + 1];
-                let speech = prev.speech_s + t.speech_s + next.speech_s;
-                prev.confidence = ((prev.confidence * prev.speech_s as f32
-                    + next.confidence * next.speech_s as f32)
-                    / (prev.speech_s + next.speech_s).max(1e-9) as f32)
-                    .clamp(0.0, 1.0);
-                prev.end_s = next.end_s;
-                prev.speech_s = speech;
+                prev.absorb(next.end_s, next.speech_s, next.confidence);
+                // the backchannel's speech is in the turn now; its voice's label is not
+                prev.speech_s += t.speech_s;
                 i += 2;
             }
             _ => {
@@ -203,15 +208,6 @@ mod tests {
     use super::*;
     use crate::conversation::Segment;
 
-    fn span(a: f64, b: f64, voice: u8) -> VoiceSpan {
-        VoiceSpan {
-            start_s: a,
-            end_s: b,
-            voice,
-            confidence: 1.0,
-        }
-    }
-
     fn seg(a: f64, b: f64, text: &str) -> Segment {
         Segment {
             start_s: a,
@@ -267,10 +263,10 @@ mod tests {
     #[test]
     fn turns_join_one_voice_over_short_pauses_only() {
         let spans = [
-            span(0.0, 1.0, 0),
-            span(1.5, 2.0, 0),
-            span(2.0, 5.0, 1),
-            span(8.0, 9.0, 1),
+            VoiceSpan::sure(0.0, 1.0, 0),
+            VoiceSpan::sure(1.5, 2.0, 0),
+            VoiceSpan::sure(2.0, 5.0, 1),
+            VoiceSpan::sure(8.0, 9.0, 1),
         ];
         let turns = group_turns(&spans, 2.0);
         let bounds: Vec<(f64, f64, u8)> = turns
@@ -285,10 +281,10 @@ mod tests {
     fn text_goes_to_its_turn_and_the_questioner_is_the_coach() {
         let timeline = SpeakerTimeline {
             spans: vec![
-                span(0.0, 2.0, 1),
-                span(2.0, 9.0, 0),
-                span(9.5, 11.0, 1),
-                span(11.5, 20.0, 0),
+                VoiceSpan::sure(0.0, 2.0, 1),
+                VoiceSpan::sure(2.0, 9.0, 0),
+                VoiceSpan::sure(9.5, 11.0, 1),
+                VoiceSpan::sure(11.5, 20.0, 0),
             ],
             speakers_found: 2,
             method: "test".into(),
@@ -323,7 +319,7 @@ mod tests {
     #[test]
     fn one_voice_gives_unknown_roles() {
         let timeline = SpeakerTimeline {
-            spans: vec![span(0.0, 2.0, 0), span(3.0, 4.0, 0)],
+            spans: vec![VoiceSpan::sure(0.0, 2.0, 0), VoiceSpan::sure(3.0, 4.0, 0)],
             speakers_found: 1,
             method: "test".into(),
             frame_db: Vec::new(),
