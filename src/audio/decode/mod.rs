@@ -1,15 +1,26 @@
 //! Decoding any recording a browser or a user can give us into 16 kHz mono, streaming.
 //!
-//! The container is recognised from the bytes (never the file name). Opus goes straight to
-//! libopus at 16 kHz on every core ([`super::opus`]); everything else is decoded by symphonia,
-//! downmixed and trimmed on one thread and resampled on another while the calling thread hands
-//! the 16 kHz blocks on ([`decode_symphonia`]), so two cores are busy either way. Encoder delay
-//! and padding are removed so the output starts and ends where the recording does: Opus pre-skip
-//! from `OpusHead` (MP4's big-endian `dOps`), AAC priming from the MP4 edit list, MP3 and Vorbis
-//! from what symphonia reads (LAME tag, Ogg granules). Chained Ogg Opus links are trimmed one by
-//! one. Every buffer is resampled at the rate the decoder produced it at, never the container's
-//! (HE-AAC). The duration limit is checked against the container's timestamps before decoding
-//! when the headers declare no duration ([`scan_duration`]).
+//! The container is recognised from the bytes (never the file name). Opus goes to libopus, which
+//! renders straight at 16 kHz by default ([`OPUS_RATE_DEFAULT`]): one thread demuxes it into
+//! segments, [`DecodeLimits::threads`] threads decode them in parallel ([`super::opus`]), and the
+//! calling thread puts them back in order and trims them (and resamples them when libopus renders
+//! at another rate). Everything else is decoded by symphonia, downmixed and trimmed on one thread
+//! and resampled on another ([`decode_symphonia`]). On both paths the calling thread hands the
+//! 16 kHz blocks to the sink (in [`super::prepare`], the level meter and the spill file), so two
+//! cores are busy either way.
+//!
+//! Encoder delay and padding are removed so the output starts and ends where the recording does:
+//! Opus pre-skip from `OpusHead` (MP4's big-endian `dOps`), AAC priming from the MP4 edit list,
+//! MP3 and Vorbis from what symphonia reads (LAME tag, Ogg granules). Chained Ogg Opus links are
+//! trimmed one by one. Every buffer is resampled at the rate the decoder produced it at, never the
+//! container's (HE-AAC). The duration limit is checked against the container's timestamps before
+//! decoding when the headers declare no duration ([`scan_duration`]).
+//!
+//! One file per layer: this one holds the public types and [`decode_file`], which opens the file
+//! and routes it to a path; `open.rs` opens the input and its container and reads its packets;
+//! `duration.rs` applies the duration limit before decoding; `trim.rs` removes encoder delay and
+//! padding for both paths; `symphonia.rs` is the pipeline for every codec but Opus, and
+//! `opus_track.rs` the one for Opus in a container.
 
 mod duration;
 mod open;
