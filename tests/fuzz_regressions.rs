@@ -25,11 +25,12 @@ const EXPECTED: &[(&str, Option<ErrorCode>)] = &[
         Some(ErrorCode::AudioTooShort),
     ),
     // What the fuzzer found (minimised): a float WAV declaring 4,278,238,080 Hz. Once NaN no
-    // longer panicked, resampling from that rate hung. Fixed in decode.rs (sample rate range).
+    // longer panicked, resampling from that rate hung. Fixed in audio/decode/open.rs (sample rate
+    // range).
     ("wav-rate-4ghz-nan.wav", Some(ErrorCode::AudioDecodeFailed)),
     // An M4A whose damaged sample table gives a corrupt AAC packet a duration of hours: its
-    // silence was allocated at that length (1 GB, then OOM). Fixed in decode.rs (lost packets
-    // last at most a second). Not minimised: 46 kB as the fuzzer found it.
+    // silence was allocated at that length (1 GB, then OOM). Fixed in audio/decode/symphonia.rs
+    // (lost packets last at most a second). Not minimised: 46 kB as the fuzzer found it.
     (
         "mp4-lost-packet-huge-duration-oom.m4a",
         Some(ErrorCode::AudioDecodeFailed),

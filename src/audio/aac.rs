@@ -8,7 +8,7 @@
 //! a quarter of the output rate (11 kHz for 44.1 kHz), which covers the 8 kHz band that 16 kHz
 //! transcription keeps, so for an explicit stream we hand the decoder the core's own
 //! AudioSpecificConfig. The output rate is then the core's, which the decoder reports
-//! (decode.rs resamples at the rate of each decoded buffer, never the container's).
+//! (decode/symphonia.rs resamples at the rate of each decoded buffer, never the container's).
 
 /// Audio object types (ISO/IEC 14496-3, 1.5.1.1).
 const AOT_LC: u32 = 2;
