@@ -63,10 +63,6 @@ impl Default for PrepareOptions {
     }
 }
 
-/// Decodes `input`, maps its speech, and writes the chunks and `manifest.json` into `out_dir`.
-///
-/// On error nothing is left behind: not our files in `out_dir`, nor `out_dir` itself if this call
-/// created it.
 /// Creates (or truncates) a file only its owner may read: recordings are personal data.
 pub fn private_file(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
@@ -85,6 +81,10 @@ pub fn private_wav(
     hound::WavWriter::new(BufWriter::new(private_file(path)?), spec)
 }
 
+/// Decodes `input`, maps its speech, and writes the chunks and `manifest.json` into `out_dir`.
+///
+/// On error nothing is left behind: not our files in `out_dir`, nor `out_dir` itself if this call
+/// created it.
 pub fn prepare(input: &Path, out_dir: &Path, opts: &PrepareOptions) -> Result<Manifest> {
     let created = !out_dir.exists();
     std::fs::create_dir_all(out_dir)
