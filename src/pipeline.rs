@@ -205,10 +205,8 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
     drop(tx);
     let _ = forward.await;
     let transcript = transcript?;
-    let language = job
-        .language
-        .clone()
-        .unwrap_or_else(|| transcript.language.clone());
+    // The job's language, or when it names none the one the transcriber found (`merge`).
+    let language = transcript.language.clone();
 
     enter(ports, Stage::Diarization).await?;
     let diarization = diarize::turns::label_turns(&timeline, &turn_spans, &transcript);
