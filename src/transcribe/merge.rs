@@ -214,6 +214,25 @@ mod tests {
     }
 
     #[test]
+    fn with_no_language_given_the_text_names_it_or_it_is_undetermined() {
+        let mut c = chunk(0.0, 8.0, vec![]);
+        c.text.text = "The deadline for the product launch moved forward by two weeks.".into();
+        assert_eq!(
+            merge(vec![c.clone()], &[[0.0, 8.0]], None, "test").language,
+            "en"
+        );
+        assert_eq!(
+            merge(vec![c.clone()], &[[0.0, 8.0]], Some("ja"), "test").language,
+            "ja"
+        );
+        c.text.text = "ok".into();
+        assert_eq!(
+            merge(vec![c], &[[0.0, 8.0]], None, "test").language,
+            UNDETERMINED
+        );
+    }
+
+    #[test]
     fn text_only_replies_span_their_piece() {
         let mut c = chunk(12.5, 20.0, vec![]);
         c.text.text = " はい ".into();
