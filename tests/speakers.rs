@@ -242,7 +242,10 @@ async fn espeak_conversations() {
         "espeak-ng conversations",
         "conversations",
         "espeak-",
-        limits(0.05, 0.90, 0.95, 0),
+        // the DER target; espeak-1 8.1 %, attribution 86.9 % since the embeddings stay
+        // in the resegmentation (it was 2.9 %, 93.5 % when pitch and cepstra could overrule
+        // them, which cost real recordings up to 30 points: README.md "Who said what")
+        limits(0.10, 0.85, 0.95, 0),
     )
     .await;
 }
@@ -253,7 +256,9 @@ async fn mbrola_conversations() {
         "MBROLA conversations",
         "conversations",
         "mbrola-",
-        limits(0.05, 0.92, 0.95, 0),
+        // the DER target; mbrola-3 5.8 %, attribution 90.5 % (was 0.5 %, 96.1 %), as
+        // for espeak-ng above
+        limits(0.10, 0.90, 0.95, 0),
     )
     .await;
 }

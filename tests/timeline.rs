@@ -24,11 +24,19 @@ struct Prepared {
     reference: Vec<scoring::Span>,
 }
 
-fn prepare_all(dir: &Path, filter: &str) -> Vec<Prepared> {
+/// The committed scripted conversations, then the real recordings when they were fetched
+/// (`REAL_SPEECH_DIR`, from scripts/fetch-real-speech.sh).
+fn case_dirs() -> Vec<PathBuf> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut dirs = vec![fixtures.join("dialogues"), fixtures.join("conversations")];
+    dirs.extend(std::env::var_os("REAL_SPEECH_DIR").map(PathBuf::from));
+    dirs
+}
+
+fn prepare_all(dir: &Path, filter: &str) -> Vec<Prepared> {
     let mut out = Vec::new();
-    for set in ["dialogues", "conversations"] {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(fixtures.join(set))
+    for set in case_dirs() {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&set)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "rttm"))
@@ -69,7 +77,8 @@ fn timeline_der(
         resegment: std::env::var("TIMELINE_RESEGMENT").map_or(true, |v| v != "0"),
         ..DiarizeOptions::default()
     };
-    let timeline = diarize::speaker_timeline(&case.pcm, &case.speech, &opts, encoder).unwrap();
+    let (timeline, stats) =
+        diarize::speaker_timeline_with_stats(&case.pcm, &case.speech, &opts, encoder).unwrap();
     let hyp: Vec<scoring::Span> = timeline
         .spans
         .iter()
@@ -82,7 +91,17 @@ fn timeline_der(
             .collect();
         println!("{}: {}", case.name, text.join(" "));
     }
-    (scoring::der(&case.reference, &hyp), timeline.speakers_found)
+    let parts = scoring::der_parts(&case.reference, &hyp);
+    if std::env::var("TIMELINE_PARTS").is_ok() {
+        println!(
+            "{}: missed {:.1} % false alarm {:.1} % confusion {:.1} % ({stats:?})",
+            case.name,
+            100.0 * parts.missed,
+            100.0 * parts.false_alarm,
+            100.0 * parts.confusion
+        );
+    }
+    (parts.total(), timeline.speakers_found)
 }
 
 #[test]
@@ -242,6 +261,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// The clustering units of a case as the pipeline embeds them (at most 1.6 s of uninterrupted
 /// speech): their embeddings, lengths (s) and reference voices.
 struct Units {
+    spans: Vec<(f64, f64)>,
     embeddings: Vec<Option<Vec<f32>>>,
     weights: Vec<f32>,
     truth: Vec<Option<usize>>,
@@ -266,6 +286,7 @@ fn embedded_units(
         .map(|&(a, b)| reference_voice(&case.reference, a, b))
         .collect();
     Units {
+        spans,
         embeddings,
         weights,
         truth,
@@ -291,6 +312,7 @@ fn voice_split_against_the_reference_report() {
     println!("|---|---|---|---|---|");
     for case in prepare_all(dir.path(), &filter) {
         let Units {
+            spans: _,
             embeddings,
             weights,
             truth,
@@ -457,6 +479,7 @@ fn one_voice_or_two_report() {
     println!("|---|---|---|---|");
     for case in prepare_all(dir.path(), &filter) {
         let Units {
+            spans: _,
             embeddings,
             weights,
             truth,
@@ -484,4 +507,103 @@ fn one_voice_or_two_report() {
             describe(&|t| t == Some(1)),
         );
     }
+}
+
+/// Development aid for speaker work: writes, per case, the reference turns, the clustering
+/// units and 1.6 s windows every 0.2 s over the speech map with their embeddings, as JSON in
+/// `UNITS_DUMP` (a directory), for trying clustering ideas outside the build.
+#[test]
+#[ignore = "a development aid: UNITS_DUMP=DIR cargo test --test timeline dump -- --ignored"]
+fn dump_embeddings_for_study() {
+    use audio_worker::audio::pcm::PcmReader;
+    let Some(out) = std::env::var_os("UNITS_DUMP").map(PathBuf::from) else {
+        return;
+    };
+    std::fs::create_dir_all(&out).unwrap();
+    let filter = std::env::var("TIMELINE_CASES").unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap();
+    let encoder = audio_worker::speakers::load_configured().expect("the speaker model");
+    for case in prepare_all(dir.path(), &filter) {
+        let units = embedded_units(&case, encoder.as_ref());
+        let mut windows: Vec<(f64, f64)> = Vec::new();
+        for r in &case.speech {
+            let mut t = r[0];
+            while t + 0.5 <= r[1] {
+                windows.push((t, (t + 1.6).min(r[1])));
+                t += 0.2;
+            }
+        }
+        let mut pcm = PcmReader::open(&case.pcm).unwrap();
+        let audio: Vec<Vec<f32>> = windows
+            .iter()
+            .map(|&(a, b)| pcm.read(a, b).unwrap().1)
+            .collect();
+        let mut window_emb = Vec::new();
+        for batch in audio.chunks(64) {
+            let refs: Vec<&[f32]> = batch.iter().map(Vec::as_slice).collect();
+            window_emb.extend(encoder.embed(&refs));
+        }
+        let json = serde_json::json!({
+            "name": case.name,
+            "encoder": encoder.name(),
+            "speech": case.speech,
+            "reference": case.reference,
+            "units": units.embeddings.iter().zip(&units.truth).map(|(e, t)| {
+                serde_json::json!({"emb": e, "truth": t})
+            }).collect::<Vec<_>>(),
+            "unit_spans": units.spans,
+            "windows": windows,
+            "window_emb": window_emb,
+        });
+        std::fs::write(out.join(format!("{}.json", case.name)), json.to_string()).unwrap();
+    }
+}
+
+/// Issue 13: real two-speaker recordings (scripts/fetch-real-speech.sh; test.sh sets
+/// `REAL_SPEECH_DIR`) are two voices, and the speaker confusion stays where it was measured
+/// (README.md "Who said what, measured"). Missed speech and false alarm belong to the speech map
+/// and to overlaps, which one voice per moment cannot score; real-ami01's confusion is high
+/// because a quieter third sound source, not in its reference, is taken as the second voice.
+#[test]
+fn real_two_speaker_recordings_are_told_apart() {
+    let real_dir = std::env::var_os("REAL_SPEECH_DIR")
+        .expect("REAL_SPEECH_DIR is not set: run scripts/fetch-real-speech.sh and export it");
+    assert!(
+        Path::new(&real_dir).join("real-sample.wav").exists(),
+        "REAL_SPEECH_DIR holds no real-sample.wav: run scripts/fetch-real-speech.sh"
+    );
+    let encoder = audio_worker::speakers::load_configured()
+        .expect("the speaker model is missing: run scripts/fetch-speaker-model.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let cases = prepare_all(dir.path(), "real-");
+    assert_eq!(cases.len(), 3, "three real recordings");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let max_confusion = match case.name.as_str() {
+            "real-sample" => 0.08,
+            "real-ami00" => 0.13,
+            _ => 0.30,
+        };
+        let opts = DiarizeOptions::default();
+        let timeline =
+            diarize::speaker_timeline(&case.pcm, &case.speech, &opts, Some(encoder.as_ref()))
+                .unwrap();
+        let hyp: Vec<scoring::Span> = timeline
+            .spans
+            .iter()
+            .map(|s| (s.start_s, s.end_s, format!("v{}", s.voice)))
+            .collect();
+        let parts = scoring::der_parts(&case.reference, &hyp);
+        println!("{}: {parts:?}", case.name);
+        if timeline.speakers_found != 2 || parts.confusion > max_confusion {
+            failures.push(format!(
+                "{}: {} voices, confusion {:.1} % (limit {:.0} %)",
+                case.name,
+                timeline.speakers_found,
+                100.0 * parts.confusion,
+                100.0 * max_confusion
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -40,6 +40,8 @@ struct Obs {
     pitch: Option<f64>,
     /// Silence before this block (s) since the previous speech block.
     gap_s: f64,
+    /// Evidence for voice 1 from the speaker embeddings, as log-odds (0: none).
+    embedding_log_odds: f64,
 }
 
 /// Diagonal Gaussian of one voice.
@@ -51,9 +53,18 @@ struct VoiceModel {
 }
 
 /// Redraws `labels` (per block; `None` outside speech) of a two-voice timeline in place.
+/// `embedding_log_odds` (per block, when there is a speaker encoder) is the embeddings' evidence
+/// for voice 1; it stays in every block's likelihood, so the pitch and cepstra models refine the
+/// embeddings' voices instead of replacing them (on real voices pitch and cepstra alone settle
+/// on a split by sound class: README.md, "Who said what, measured").
 /// Returns the number of blocks whose voice changed.
-pub fn resegment(blocks: &[Block], labels: &mut [Option<u8>], block_s: f64) -> usize {
-    let obs = observations(blocks, labels, block_s);
+pub fn resegment(
+    blocks: &[Block],
+    labels: &mut [Option<u8>],
+    embedding_log_odds: &[Option<f32>],
+    block_s: f64,
+) -> usize {
+    let obs = observations(blocks, labels, embedding_log_odds, block_s);
     let start: Vec<u8> = obs.iter().map(|o| labels[o.block].unwrap_or(0)).collect();
     let Some(models) = em(&obs, start.iter().map(|&l| f64::from(l)).collect()) else {
         return 0;
@@ -81,7 +92,12 @@ fn em(obs: &[Obs], mut p1: Vec<f64>) -> Option<[VoiceModel; 2]> {
     models
 }
 
-fn observations(blocks: &[Block], labels: &[Option<u8>], block_s: f64) -> Vec<Obs> {
+fn observations(
+    blocks: &[Block],
+    labels: &[Option<u8>],
+    embedding_log_odds: &[Option<f32>],
+    block_s: f64,
+) -> Vec<Obs> {
     let mut out = Vec::new();
     let mut last: Option<usize> = None;
     for (j, b) in blocks.iter().enumerate() {
@@ -98,6 +114,11 @@ fn observations(blocks: &[Block], labels: &[Option<u8>], block_s: f64) -> Vec<Ob
             cep,
             pitch,
             gap_s,
+            embedding_log_odds: embedding_log_odds
+                .get(j)
+                .copied()
+                .flatten()
+                .map_or(0.0, f64::from),
         });
         last = Some(j);
     }
@@ -161,6 +182,21 @@ fn log_likelihood(o: &Obs, m: &VoiceModel) -> f64 {
     CEP_WEIGHT * cep + pitch
 }
 
+/// Log-likelihood of block `o` under each voice: its features under the voice's model plus
+/// the embeddings' log-probability of the voice.
+fn emissions(o: &Obs, models: &[VoiceModel; 2]) -> [f64; 2] {
+    let lo = o.embedding_log_odds;
+    [
+        log_likelihood(o, &models[0]) - softplus(lo),
+        log_likelihood(o, &models[1]) - softplus(-lo),
+    ]
+}
+
+/// ln(1 + e^x), without overflow: -ln sigmoid(-x).
+fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
 /// What a change before block `o` costs: [`SWITCH_COST`] less what the pause forgives.
 fn switch_cost(o: &Obs) -> f64 {
     SWITCH_COST * (1.0 - o.gap_s / FREE_AFTER_PAUSE_S).max(0.0)
@@ -175,10 +211,7 @@ fn log_add(a: f64, b: f64) -> f64 {
 /// `exp(-cost) / 2`.
 fn posteriors(obs: &[Obs], models: &[VoiceModel; 2]) -> Vec<f64> {
     let n = obs.len();
-    let ll: Vec<[f64; 2]> = obs
-        .iter()
-        .map(|o| [log_likelihood(o, &models[0]), log_likelihood(o, &models[1])])
-        .collect();
+    let ll: Vec<[f64; 2]> = obs.iter().map(|o| emissions(o, models)).collect();
     let trans = |i: usize| {
         let p = 0.5 * (-switch_cost(&obs[i])).exp();
         ((1.0 - p).ln(), p.ln())
@@ -225,7 +258,7 @@ fn viterbi(obs: &[Obs], models: &[VoiceModel; 2]) -> Vec<u8> {
     let mut score = [0f64; 2];
     let mut back: Vec<[u8; 2]> = Vec::with_capacity(n);
     for (i, o) in obs.iter().enumerate() {
-        let ll = [log_likelihood(o, &models[0]), log_likelihood(o, &models[1])];
+        let ll = emissions(o, models);
         if i == 0 {
             score = ll;
             back.push([0, 1]);
@@ -288,10 +321,33 @@ mod tests {
         let mut labels: Vec<Option<u8>> = (0..60)
             .map(|j| Some(u8::from((10..15).contains(&j) || j >= 33)))
             .collect();
-        let changed = resegment(&blocks, &mut labels, 0.2);
+        let changed = resegment(&blocks, &mut labels, &[], 0.2);
         let want: Vec<Option<u8>> = (0..60).map(|j| Some(u8::from(j >= 30))).collect();
         assert_eq!(labels, want);
         assert_eq!(changed, 8);
+    }
+
+    #[test]
+    fn the_embeddings_keep_a_voice_the_features_cannot_tell_apart() {
+        // two voices with the same pitch and cepstra but for a sound-class change in the
+        // middle of voice A: the features alone would follow the sound class; the embeddings
+        // say A for blocks 0..30 and B after, and their evidence stays in the likelihood
+        let blocks: Vec<Block> = (0..60)
+            .map(|j| {
+                let jitter = ((j * 7919) % 13) as f32 / 130.0;
+                block(if (15..45).contains(&j) { 1.0 } else { 0.0 } + jitter, 80.0)
+            })
+            .collect();
+        let start: Vec<Option<u8>> = (0..60).map(|j| Some(u8::from(j >= 30))).collect();
+        let evidence: Vec<Option<f32>> = (0..60)
+            .map(|j| Some(if j >= 30 { 3.0 } else { -3.0 }))
+            .collect();
+        let mut with = start.clone();
+        resegment(&blocks, &mut with, &evidence, 0.2);
+        assert_eq!(with, start);
+        let mut without = start.clone();
+        resegment(&blocks, &mut without, &[], 0.2);
+        assert_ne!(without, start, "the features alone follow the sound class");
     }
 
     #[test]
@@ -300,7 +356,7 @@ mod tests {
         blocks[5] = Block::default();
         let mut labels: Vec<Option<u8>> = (0..20).map(|j| Some(u8::from(j >= 10))).collect();
         labels[5] = None;
-        resegment(&blocks, &mut labels, 0.2);
+        resegment(&blocks, &mut labels, &[], 0.2);
         assert_eq!(labels[5], None);
         assert_eq!(labels[4], Some(0));
         assert_eq!(labels[15], Some(1));
@@ -311,7 +367,7 @@ mod tests {
         let blocks: Vec<Block> = (0..10).map(|_| block(0.0, 80.0)).collect();
         let mut labels: Vec<Option<u8>> = (0..10).map(|j| Some(u8::from(j == 9))).collect();
         let before = labels.clone();
-        assert_eq!(resegment(&blocks, &mut labels, 0.2), 0);
+        assert_eq!(resegment(&blocks, &mut labels, &[], 0.2), 0);
         assert_eq!(labels, before);
     }
 }

@@ -138,7 +138,9 @@ pub fn from_features(
     let (mut labels, margins) =
         label_blocks(feats, &in_speech, &windows, &split, two, &unit_p1, opts);
     if two && opts.resegment {
-        stats.blocks_resegmented = reseg::resegment(blocks, &mut labels, feats.block_s);
+        let embedding_log_odds: Vec<Option<f32>> = unit_p1.iter().map(|p| p.map(logit)).collect();
+        stats.blocks_resegmented =
+            reseg::resegment(blocks, &mut labels, &embedding_log_odds, feats.block_s);
     }
     let mut spans = voice_spans(speech, &in_speech, &labels, &margins, feats.block_s);
     stats.changes_snapped = snap_changes(&mut spans, &feats.frame_db, opts.snap_change_s);

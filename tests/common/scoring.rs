@@ -56,6 +56,26 @@ fn speakers_at(spans: &[Span], t: f64) -> Vec<&str> {
 /// scored, and the hypothesis speakers mapped one-to-one onto the reference speakers so as to
 /// maximise agreement (every mapping tried).
 pub fn der(reference: &[Span], hyp: &[Span]) -> f64 {
+    der_parts(reference, hyp).total()
+}
+
+/// DER's three parts, each a share of the reference speech.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DerParts {
+    pub missed: f64,
+    pub false_alarm: f64,
+    pub confusion: f64,
+}
+
+impl DerParts {
+    pub fn total(&self) -> f64 {
+        self.missed + self.false_alarm + self.confusion
+    }
+}
+
+/// [`der`] in its parts: speech missed, non-speech given a speaker, speech given the wrong one.
+#[allow(dead_code)] // not every test crate that shares this module reports the parts
+pub fn der_parts(reference: &[Span], hyp: &[Span]) -> DerParts {
     let end = reference
         .iter()
         .chain(hyp)
@@ -117,7 +137,12 @@ pub fn der(reference: &[Span], hyp: &[Span]) -> f64 {
         overlapped += r.len().min(h.len());
     }
     let confusion = overlapped - correct.min(overlapped);
-    (missed + fa + confusion) as f64 / total.max(1) as f64
+    let share = |n: usize| n as f64 / total.max(1) as f64;
+    DerParts {
+        missed: share(missed),
+        false_alarm: share(fa),
+        confusion: share(confusion),
+    }
 }
 
 /// Lowercase letters and digits only, so punctuation and case never decide a match.
