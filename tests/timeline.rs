@@ -79,11 +79,7 @@ fn timeline_der(
     };
     let (timeline, stats) =
         diarize::speaker_timeline_with_stats(&case.pcm, &case.speech, &opts, encoder).unwrap();
-    let hyp: Vec<scoring::Span> = timeline
-        .spans
-        .iter()
-        .map(|s| (s.start_s, s.end_s, format!("v{}", s.voice)))
-        .collect();
+    let hyp = hypothesis(&timeline);
     if std::env::var("TIMELINE_SPANS").is_ok() {
         let text: Vec<String> = hyp
             .iter()
@@ -102,6 +98,15 @@ fn timeline_der(
         );
     }
     (parts.total(), timeline.speakers_found)
+}
+
+/// The timeline's spans as scored spans, voices named v0 and v1.
+fn hypothesis(timeline: &diarize::SpeakerTimeline) -> Vec<scoring::Span> {
+    timeline
+        .spans
+        .iter()
+        .map(|s| (s.start_s, s.end_s, format!("v{}", s.voice)))
+        .collect()
 }
 
 #[test]
@@ -515,10 +520,9 @@ fn one_voice_or_two_report() {
 #[test]
 #[ignore = "a development aid: UNITS_DUMP=DIR cargo test --test timeline dump -- --ignored"]
 fn dump_embeddings_for_study() {
-    use audio_worker::audio::pcm::PcmReader;
-    let Some(out) = std::env::var_os("UNITS_DUMP").map(PathBuf::from) else {
-        return;
-    };
+    use audio_worker::diarize::voices;
+    let out =
+        PathBuf::from(std::env::var_os("UNITS_DUMP").expect("UNITS_DUMP=DIR: where to write"));
     std::fs::create_dir_all(&out).unwrap();
     let filter = std::env::var("TIMELINE_CASES").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
@@ -533,16 +537,8 @@ fn dump_embeddings_for_study() {
                 t += 0.2;
             }
         }
-        let mut pcm = PcmReader::open(&case.pcm).unwrap();
-        let audio: Vec<Vec<f32>> = windows
-            .iter()
-            .map(|&(a, b)| pcm.read(a, b).unwrap().1)
-            .collect();
-        let mut window_emb = Vec::new();
-        for batch in audio.chunks(64) {
-            let refs: Vec<&[f32]> = batch.iter().map(Vec::as_slice).collect();
-            window_emb.extend(encoder.embed(&refs));
-        }
+        // every window is at least 0.5 s, so each gets its embedding
+        let window_emb = voices::embed_units(&case.pcm, &windows, encoder.as_ref()).unwrap();
         let json = serde_json::json!({
             "name": case.name,
             "encoder": encoder.name(),
@@ -588,12 +584,7 @@ fn real_two_speaker_recordings_are_told_apart() {
         let timeline =
             diarize::speaker_timeline(&case.pcm, &case.speech, &opts, Some(encoder.as_ref()))
                 .unwrap();
-        let hyp: Vec<scoring::Span> = timeline
-            .spans
-            .iter()
-            .map(|s| (s.start_s, s.end_s, format!("v{}", s.voice)))
-            .collect();
-        let parts = scoring::der_parts(&case.reference, &hyp);
+        let parts = scoring::der_parts(&case.reference, &hypothesis(&timeline));
         println!("{}: {parts:?}", case.name);
         if timeline.speakers_found != 2 || parts.confusion > max_confusion {
             failures.push(format!(

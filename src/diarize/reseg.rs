@@ -1,8 +1,9 @@
 //! Resegmentation: the clustering's block labels are redrawn by a two-state hidden Markov model
 //! over the speech blocks, each voice a diagonal Gaussian of cepstra (all speech frames) and
 //! pitch, plus (with a speaker encoder) the embeddings' own evidence for each voice, which is
-//! never re-estimated: on real people pitch and cepstra alone settle on a split by sound class. The models are re-estimated from the forward-backward posteriors a few times (soft EM:
-//! hard relabelling locks into the first split it finds), then the Viterbi path is the answer.
+//! never re-estimated: on real people pitch and cepstra alone settle on a split by sound class.
+//! The models are re-estimated from the forward-backward posteriors a few times (soft EM: hard
+//! relabelling locks into the first split it finds), then the Viterbi path is the answer.
 //!
 //! The clustering decides each block from its 0.6 s neighbourhood, so a stretch of one voice
 //! whose words happen to look like the other voice flips for a second or three. A speaker change

@@ -74,7 +74,6 @@ impl DerParts {
 }
 
 /// [`der`] in its parts: speech missed, non-speech given a speaker, speech given the wrong one.
-#[allow(dead_code)] // not every test crate that shares this module reports the parts
 pub fn der_parts(reference: &[Span], hyp: &[Span]) -> DerParts {
     let end = reference
         .iter()
