@@ -74,8 +74,8 @@ struct Split {
 }
 
 /// The audio path after feature extraction (separate for tests).
-/// With `voices` (from speaker embeddings) the embeddings decide who is who and the block
-/// features only where each change falls.
+/// With `voices` (from speaker embeddings, per block) the embeddings decide who is who and the
+/// block features only where each change falls.
 pub fn from_features(
     feats: &Features,
     speech: &[[f64; 2]],
@@ -98,7 +98,7 @@ pub fn from_features(
     });
     let (split, two) = match voices {
         Some(v) => {
-            let split = split_from_voices(&windows, &window_unit, v);
+            let split = split_from_voices(&windows, v);
             stats.share = v.share;
             stats.cv_separation = cv_separation(&windows.z, &split.unit_labels, &window_unit).0;
             (split, opts.expected_speakers >= 2)
@@ -128,17 +128,14 @@ pub fn from_features(
             (split, two)
         }
     };
-    let unit_p1: Vec<Option<f32>> = match voices {
-        Some(v) => unit_of_block
-            .iter()
-            .map(|u| u.and_then(|u| v.p_voice1[u as usize]))
-            .collect(),
+    let block_p1: Vec<Option<f32>> = match voices {
+        Some(v) => v.p_voice1.clone(),
         None => vec![None; blocks.len()],
     };
     let (mut labels, margins) =
-        label_blocks(feats, &in_speech, &windows, &split, two, &unit_p1, opts);
+        label_blocks(feats, &in_speech, &windows, &split, two, &block_p1, opts);
     if two && opts.resegment {
-        let embedding_log_odds: Vec<Option<f32>> = unit_p1.iter().map(|p| p.map(logit)).collect();
+        let embedding_log_odds: Vec<Option<f32>> = block_p1.iter().map(|p| p.map(logit)).collect();
         stats.blocks_resegmented =
             reseg::resegment(blocks, &mut labels, &embedding_log_odds, feats.block_s);
     }
@@ -248,8 +245,8 @@ fn first_split(
 
 /// The embeddings' voices as window labels, and a discriminant of the block features trained on
 /// them once (no refinement: on similar voices the features would drift to sentence types).
-fn split_from_voices(windows: &Windows, window_unit: &[Option<u32>], v: &VoiceSplit) -> Split {
-    let p1 = |i: usize| window_unit[i].and_then(|u| v.p_voice1[u as usize]);
+fn split_from_voices(windows: &Windows, v: &VoiceSplit) -> Split {
+    let p1 = |i: usize| v.p_voice1[windows.block[i]];
     let labels: Vec<u8> = (0..windows.z.len())
         .map(|i| u8::from(p1(i).unwrap_or(0.0) > 0.5))
         .collect();
@@ -401,7 +398,7 @@ fn label_blocks(
     windows: &Windows,
     split: &Split,
     two: bool,
-    unit_p1: &[Option<f32>],
+    block_p1: &[Option<f32>],
     opts: &DiarizeOptions,
 ) -> (Vec<Option<u8>>, Vec<f32>) {
     let (blocks, block_s) = (&feats.blocks, feats.block_s);
@@ -418,7 +415,7 @@ fn label_blocks(
             continue;
         }
         // evidence for voice 1 as log-odds: the block features' discriminant, plus the
-        // embedding of the block's unit when there is one (independent evidence adds up)
+        // embeddings of the pieces that cover the block (independent evidence adds up)
         let mut log_odds: Option<f32> = None;
         if let Some(m) = &split.model {
             let (mean, n) = window_mean(blocks, j.saturating_sub(lr), (j + lr + 1).min(nb));
@@ -429,7 +426,7 @@ fn label_blocks(
                 log_odds = Some(logit(p1));
             }
         }
-        if let Some(p) = unit_p1[j] {
+        if let Some(p) = block_p1[j] {
             log_odds = Some(log_odds.unwrap_or(0.0) + logit(p));
         }
         if let Some(lo) = log_odds {

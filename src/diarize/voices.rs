@@ -1,7 +1,9 @@
-//! The session's voices from a neural speaker encoder: one embedding per clustering unit (at
-//! most 1.6 s of uninterrupted speech, the encoder's own window), split into two voices by
-//! spherical 2-means. Embeddings tell real voices apart where pitch + MFCC averages do not
-//! (ARCHITECTURE.md, "What we measured"); the block features then place each change at 0.2 s.
+//! The session's voices from a neural speaker encoder: one embedding per window of the
+//! encoder's length, every second over the speech ([`embedding_windows`]; or one per clustering
+//! unit), split into two voices by spherical 2-means, and each 0.2 s block given the mean
+//! log-odds of the windows that cover it ([`VoiceSplit::per_block`]). Embeddings tell real
+//! voices apart where pitch + MFCC averages do not (ARCHITECTURE.md, "What we measured"); the
+//! block features then place each change at 0.2 s.
 
 use std::path::Path;
 
@@ -21,10 +23,11 @@ const POSTERIOR_SCALE: f32 = 12.0;
 /// (`tests/timeline.rs`, `one_voice_or_two_report`).
 pub const WEAK_SPLIT_COSINE: f32 = 0.95;
 
-/// The two-voice split of the units.
+/// The two-voice split of the embedded pieces (units or windows; per block after
+/// [`VoiceSplit::per_block`]).
 #[derive(Debug, Clone)]
 pub struct VoiceSplit {
-    /// Per unit: the probability that it is voice 1 (`None`: no embedding).
+    /// Per piece: the probability that it is voice 1 (`None`: no embedding).
     pub p_voice1: Vec<Option<f32>>,
     /// Cosine similarity of the two voices' centroids.
     pub centroid_cosine: f32,
@@ -54,6 +57,69 @@ pub fn embed_units(
         }
     }
     Ok(out)
+}
+
+/// Overlapping encoder windows over the speech blocks: in each run of speech, `win` blocks
+/// every `hop` blocks, the last one ending with the run; a run shorter than a window is one
+/// window. Dense windows let a change inside continuous speech show in the embeddings: a block
+/// near it is covered by a window on either side of it.
+pub fn embedding_windows(in_speech: &[bool], win: usize, hop: usize) -> Vec<(usize, usize)> {
+    let (win, hop) = (win.max(1), hop.max(1));
+    let mut out = Vec::new();
+    let mut j = 0;
+    while j < in_speech.len() {
+        if !in_speech[j] {
+            j += 1;
+            continue;
+        }
+        let run_end = (j..in_speech.len())
+            .find(|&k| !in_speech[k])
+            .unwrap_or(in_speech.len());
+        let mut lo = j;
+        loop {
+            let hi = (lo + win).min(run_end);
+            out.push((hi.saturating_sub(win).max(j), hi));
+            if hi == run_end {
+                break;
+            }
+            lo += hop;
+        }
+        j = run_end;
+    }
+    out
+}
+
+impl VoiceSplit {
+    /// The pieces' posteriors spread over the `n_blocks` feature blocks they cover
+    /// (`pieces[i]` = blocks `lo..hi` of piece `i`): a block covered by several pieces gets the
+    /// mean of their log-odds, a block covered by none gets `None`.
+    pub fn per_block(&self, pieces: &[(usize, usize)], n_blocks: usize) -> VoiceSplit {
+        let mut sum = vec![0f32; n_blocks];
+        let mut count = vec![0u32; n_blocks];
+        for (&(lo, hi), p) in pieces.iter().zip(&self.p_voice1) {
+            let Some(p) = p else { continue };
+            let log_odds = logit(*p);
+            for b in lo..hi.min(n_blocks) {
+                sum[b] += log_odds;
+                count[b] += 1;
+            }
+        }
+        let p_voice1 = sum
+            .iter()
+            .zip(&count)
+            .map(|(&s, &n)| (n > 0).then(|| 1.0 / (1.0 + (-s / n as f32).exp())))
+            .collect();
+        VoiceSplit {
+            p_voice1,
+            centroid_cosine: self.centroid_cosine,
+            share: self.share,
+        }
+    }
+}
+
+fn logit(p: f32) -> f32 {
+    let p = p.clamp(1e-4, 1.0 - 1e-4);
+    (p / (1.0 - p)).ln()
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -256,5 +322,32 @@ mod tests {
             "{}",
             s.centroid_cosine
         );
+    }
+
+    #[test]
+    fn windows_cover_every_run_of_speech_and_end_with_it() {
+        let mut in_speech = vec![true; 12];
+        in_speech.extend([false; 3]);
+        in_speech.extend([true; 4]);
+        let w = embedding_windows(&in_speech, 8, 5);
+        // the 12-block run: 0..8, then 5..12 would pass its end, so the last ends with it
+        assert_eq!(w, vec![(0, 8), (4, 12), (15, 19)]);
+        assert!(embedding_windows(&[false; 5], 8, 5).is_empty());
+    }
+
+    #[test]
+    fn a_block_between_two_windows_gets_their_mean_log_odds() {
+        let split = VoiceSplit {
+            p_voice1: vec![Some(0.9), Some(0.1), None],
+            centroid_cosine: 0.5,
+            share: [0.5, 0.5],
+        };
+        let blocks = split.per_block(&[(0, 4), (2, 6), (6, 8)], 9);
+        let p: Vec<Option<f32>> = blocks.p_voice1;
+        assert!((p[0].unwrap() - 0.9).abs() < 1e-5);
+        assert!((p[2].unwrap() - 0.5).abs() < 1e-5, "{:?}", p[2]);
+        assert!((p[5].unwrap() - 0.1).abs() < 1e-5);
+        assert_eq!(p[6], None, "a window without an embedding says nothing");
+        assert_eq!(p[8], None, "no window covers it");
     }
 }
