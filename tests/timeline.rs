@@ -75,10 +75,12 @@ fn timeline_der(
 ) -> (f64, usize) {
     let opts = DiarizeOptions {
         resegment: std::env::var("TIMELINE_RESEGMENT").map_or(true, |v| v != "0"),
-        embedding_hop_s: std::env::var("TIMELINE_HOP_S")
-            .ok()
-            .map(|v| v.parse().expect("TIMELINE_HOP_S: seconds"))
-            .or(DiarizeOptions::default().embedding_hop_s),
+        // TIMELINE_HOP_S: seconds between the encoder's windows, or "units"
+        embedding_hop_s: match std::env::var("TIMELINE_HOP_S") {
+            Ok(v) if v == "units" => None,
+            Ok(v) => Some(v.parse().expect("TIMELINE_HOP_S: seconds or units")),
+            Err(_) => DiarizeOptions::default().embedding_hop_s,
+        },
         ..DiarizeOptions::default()
     };
     let (timeline, stats) =
