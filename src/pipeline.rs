@@ -178,6 +178,7 @@ async fn run_stages(job: &PipelineJob, ports: &Ports, opts: &PipelineOptions) ->
         changes_snapped = stats.changes_snapped,
         changes_refined = stats.changes_refined,
         tone_blocks = stats.tone_blocks,
+        background_blocks = stats.background_blocks,
         "speaker timeline"
     );
     let progress = Arc::clone(&ports.progress);

@@ -527,7 +527,8 @@ fn one_voice_or_two_report() {
 }
 
 /// Development aid for speaker work: writes, per case, the reference turns, the clustering
-/// units and 1.6 s windows every 0.2 s over the speech map with their embeddings, as JSON in
+/// units and 1.6 s windows every 0.2 s over the speech map with their embeddings, and every
+/// 20 ms frame's level (dBFS), as JSON in
 /// `UNITS_DUMP` (a directory), for trying clustering ideas outside the build.
 #[test]
 #[ignore = "a development aid: UNITS_DUMP=DIR cargo test --test timeline dump -- --ignored"]
@@ -551,7 +552,9 @@ fn dump_embeddings_for_study() {
         }
         // every window is at least 0.5 s, so each gets its embedding
         let window_emb = voices::embed_units(&case.pcm, &windows, encoder.as_ref()).unwrap();
+        let feats = audio_worker::diarize::features::extract(&case.pcm, &case.speech, 10).unwrap();
         let json = serde_json::json!({
+            "frame_db": feats.frame_db,
             "name": case.name,
             "encoder": encoder.name(),
             "speech": case.speech,
@@ -568,17 +571,24 @@ fn dump_embeddings_for_study() {
 }
 
 /// Issue 13: real two-speaker recordings (scripts/fetch-real-speech.sh; test.sh sets
-/// `REAL_SPEECH_DIR`) are two voices, and the speaker confusion stays where it was measured
-/// (README.md "Who said what, measured"). Missed speech and false alarm belong to the speech map
-/// and to overlaps, which one voice per moment cannot score. With GE2E real-ami01's confusion is
-/// high because a quieter third sound source, not in its reference, is taken as the second
-/// voice; CAM++ finds the two men.
+/// `REAL_SPEECH_DIR`) are two voices, and speaker confusion and false alarm stay where they were
+/// measured (README.md "Who said what, measured"). Missed speech belongs to the speech map and
+/// to overlaps, which one voice per moment cannot score. real-ami01 holds a third talker
+/// 17-26 dB under the two men, not in its reference: GE2E takes it as the second voice (high
+/// confusion, and it is no background: it is a voice of its own); CAM++ finds the two men, and
+/// the third talker is background inside one of them (`diarize::background`), which the false
+/// alarm shows.
 #[test]
 fn real_two_speaker_recordings_are_told_apart() {
     let encoder = audio_worker::speakers::load_configured()
         .expect("the speaker model is missing: run scripts/fetch-speaker-model.sh");
-    // GE2E with windows every second: 2.0 / 4.1 / 25.3 % (one window per unit: 5.8 / 11.3 / 25.3)
-    check_real_recordings(encoder.as_ref(), [0.05, 0.08, 0.30]);
+    // GE2E with windows every second, confusion 2.0 / 4.1 / 25.3 % (one window per unit: 5.8 /
+    // 11.3 / 25.3); false alarm 2.3 / 1.8 / 50.1 %
+    let limits = RealLimits {
+        confusion: [0.05, 0.08, 0.30],
+        false_alarm: [0.05, 0.05, 0.55],
+    };
+    check_real_recordings(encoder.as_ref(), limits);
 }
 
 /// The same recordings with CAM++ (`CAMPPLUS_MODEL_PATH`), the stronger encoder on real voices.
@@ -588,14 +598,26 @@ fn real_two_speaker_recordings_are_told_apart_by_campplus() {
     let encoder = audio_worker::speakers::embed::load_campplus(&path).unwrap_or_else(|e| {
         panic!("{e}: run SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh")
     });
-    // windows every second: 3.8 / 0.0 / 1.9 % (one window per unit: 5.1 / 5.2 / 25.3)
-    check_real_recordings(&encoder, [0.06, 0.03, 0.05]);
+    // windows every second, confusion 2.0 / 0.0 / 7.2 % (one window per unit: 5.1 / 5.2 /
+    // 25.3); false alarm 2.3 / 1.8 / 17.3 % (50.1 % before the third talker was background)
+    let limits = RealLimits {
+        confusion: [0.06, 0.03, 0.09],
+        false_alarm: [0.05, 0.05, 0.25],
+    };
+    check_real_recordings(&encoder, limits);
 }
 
-/// Two voices and at most `max_confusion` (real-sample, real-ami00, real-ami01) with `encoder`.
+/// Per recording (real-sample, real-ami00, real-ami01): the most speaker confusion and false
+/// alarm allowed.
+struct RealLimits {
+    confusion: [f64; 3],
+    false_alarm: [f64; 3],
+}
+
+/// Two voices and at most the `limits` with `encoder`.
 fn check_real_recordings(
     encoder: &dyn audio_worker::speakers::embed::SpeakerEncoder,
-    max_confusion: [f64; 3],
+    limits: RealLimits,
 ) {
     let real_dir = std::env::var_os("REAL_SPEECH_DIR")
         .expect("REAL_SPEECH_DIR is not set: run scripts/fetch-real-speech.sh and export it");
@@ -608,23 +630,30 @@ fn check_real_recordings(
     assert_eq!(cases.len(), 3, "three real recordings");
     let mut failures = Vec::new();
     for case in &cases {
-        let max_confusion = match case.name.as_str() {
-            "real-sample" => max_confusion[0],
-            "real-ami00" => max_confusion[1],
-            _ => max_confusion[2],
+        let k = match case.name.as_str() {
+            "real-sample" => 0,
+            "real-ami00" => 1,
+            _ => 2,
         };
+        let (max_confusion, max_false_alarm) = (limits.confusion[k], limits.false_alarm[k]);
         let opts = DiarizeOptions::default();
         let timeline =
             diarize::speaker_timeline(&case.pcm, &case.speech, &opts, Some(encoder)).unwrap();
         let parts = scoring::der_parts(&case.reference, &hypothesis(&timeline));
         println!("{}: {parts:?}", case.name);
-        if timeline.speakers_found != 2 || parts.confusion > max_confusion {
+        if timeline.speakers_found != 2
+            || parts.confusion > max_confusion
+            || parts.false_alarm > max_false_alarm
+        {
             failures.push(format!(
-                "{}: {} voices, confusion {:.1} % (limit {:.0} %)",
+                "{}: {} voices, confusion {:.1} % (limit {:.0} %), false alarm {:.1} % (limit \
+                 {:.0} %)",
                 case.name,
                 timeline.speakers_found,
                 100.0 * parts.confusion,
-                100.0 * max_confusion
+                100.0 * max_confusion,
+                100.0 * parts.false_alarm,
+                100.0 * max_false_alarm
             ));
         }
     }

@@ -24,6 +24,7 @@
 //!    the pieces transcribed inside it; **roles** ([`roles`]) from the words: the speaker who asks
 //!    more questions, opens the session and talks less is the coach.
 
+pub mod background;
 pub mod boundary;
 pub mod cluster;
 pub mod features;
@@ -130,6 +131,8 @@ pub struct DiarizeStats {
     pub blocks_resegmented: usize,
     /// Blocks left out as steady tone, not speech ([`features::drop_tones`]).
     pub tone_blocks: usize,
+    /// Blocks left out as a quieter third source, not a voice ([`background`]).
+    pub background_blocks: usize,
 }
 
 /// The timeline from pitch + MFCC alone (no speaker model available).
@@ -159,25 +162,31 @@ pub fn speaker_timeline_with_stats(
     speech.sort_by(|a, b| a[0].total_cmp(&b[0]));
     let mut feats = features::extract(pcm_wav, &speech, opts.frames_per_block.max(1))?;
     let tone_blocks = features::drop_tones(&mut feats.blocks);
-    let voices = match encoder {
+    let (voices, background_blocks) = match encoder {
         Some(encoder) => embedding_voices(pcm_wav, &feats, opts, encoder)?,
-        None => None,
+        None => (None, Vec::new()),
     };
+    for &b in &background_blocks {
+        feats.blocks[b] = features::Block::default();
+    }
     let (mut timeline, mut stats) = timeline::from_features(&feats, &speech, opts, voices.as_ref());
     stats.tone_blocks = tone_blocks;
+    stats.background_blocks = background_blocks.len();
     stats.changes_refined =
         boundary::snap_changes_to_dips(pcm_wav, &mut timeline.spans, opts.refine_change_s)?;
     Ok((timeline, stats))
 }
 
 /// The two voices from the speaker encoder, per feature block: the speech cut into pieces
-/// ([`DiarizeOptions::embedding_hop_s`]), each embedded, the embeddings split in two.
+/// ([`DiarizeOptions::embedding_hop_s`]), each embedded, the embeddings split in two, and split
+/// again without the pieces that are background ([`background`]); also the blocks that only
+/// background covers.
 fn embedding_voices(
     pcm_wav: &Path,
     feats: &features::Features,
     opts: &DiarizeOptions,
     encoder: &dyn SpeakerEncoder,
-) -> Result<Option<voices::VoiceSplit>> {
+) -> Result<(Option<voices::VoiceSplit>, Vec<usize>)> {
     let block_s = feats.block_s;
     let in_speech: Vec<bool> = feats.blocks.iter().map(|b| b.speech_frames > 0).collect();
     let pieces = match opts.embedding_hop_s {
@@ -192,7 +201,31 @@ fn embedding_voices(
         .iter()
         .map(|&(lo, hi)| (lo as f64 * block_s, hi as f64 * block_s))
         .collect();
-    let embeddings = voices::embed_units(pcm_wav, &piece_s, encoder)?;
+    let mut embeddings = voices::embed_units(pcm_wav, &piece_s, encoder)?;
     let weights: Vec<f32> = piece_s.iter().map(|(a, b)| (b - a) as f32).collect();
-    Ok(voices::split_voices(&embeddings, &weights).map(|v| v.per_block(&pieces, in_speech.len())))
+    let Some(mut split) = voices::split_voices(&embeddings, &weights) else {
+        return Ok((None, Vec::new()));
+    };
+    let frames_per_block = opts.frames_per_block.max(1);
+    let under_db =
+        background::levels_under_speech(&feats.frame_db, frames_per_block, &in_speech, &pieces);
+    let is_background = background::background_pieces(&embeddings, &weights, &split, &under_db);
+    let mut dropped = Vec::new();
+    if is_background.contains(&true) {
+        let embedded: Vec<bool> = embeddings.iter().map(Option::is_some).collect();
+        dropped =
+            background::background_blocks(&pieces, &is_background, &embedded, in_speech.len());
+        for (e, _) in embeddings
+            .iter_mut()
+            .zip(&is_background)
+            .filter(|(_, b)| **b)
+        {
+            *e = None;
+        }
+        match voices::split_voices(&embeddings, &weights) {
+            Some(again) => split = again,
+            None => return Ok((None, Vec::new())),
+        }
+    }
+    Ok((Some(split.per_block(&pieces, in_speech.len())), dropped))
 }

@@ -33,6 +33,8 @@ pub struct VoiceSplit {
     pub centroid_cosine: f32,
     /// Share of the embedded units in each voice.
     pub share: [f32; 2],
+    /// The two voices' centroids (unit length).
+    pub centroids: [Vec<f32>; 2],
 }
 
 /// Embeds every unit (`(start_s, end_s)`, time-ordered) of the 16 kHz WAV, 64 at a time.
@@ -113,6 +115,7 @@ impl VoiceSplit {
             p_voice1,
             centroid_cosine: self.centroid_cosine,
             share: self.share,
+            centroids: self.centroids.clone(),
         }
     }
 }
@@ -201,6 +204,7 @@ pub fn split_voices(embeddings: &[Option<Vec<f32>>], weights: &[f32]) -> Option<
         p_voice1,
         centroid_cosine: dot(&centroids[0], &centroids[1]),
         share,
+        centroids,
     })
 }
 
@@ -341,6 +345,7 @@ mod tests {
             p_voice1: vec![Some(0.9), Some(0.1), None],
             centroid_cosine: 0.5,
             share: [0.5, 0.5],
+            centroids: [vec![1.0, 0.0], vec![0.0, 1.0]],
         };
         let blocks = split.per_block(&[(0, 4), (2, 6), (6, 8)], 9);
         let p: Vec<Option<f32>> = blocks.p_voice1;
