@@ -16,6 +16,8 @@
 //! 3. **One voice or two**: two is the prior of a 1-on-1 session ([`DiarizeOptions::
 //!    expected_speakers`]); one only when the groups do not stay apart on a cross-validated
 //!    discriminant, or the second voice holds almost no speech.
+//!    With a speaker encoder, a quieter talker hidden inside one voice (a third person across
+//!    the room) is dropped as [`background`] before the voices are drawn again.
 //! 4. **Labels**: each 0.2 s block gets the likelier voice of its 0.6 s neighbourhood, so a change
 //!    inside continuous speech is found at block resolution; short flips are smoothed away; a
 //!    change without a pause is moved to the quietest 20 ms frame near it, then to the quietest
