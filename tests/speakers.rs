@@ -153,13 +153,12 @@ async fn check_set(set: &str, dir: &str, prefix: &str, t: Targets) {
     let mut failures = Vec::new();
     let encoder = audio_worker::speakers::load_configured()
         .expect("the speaker model is missing: run scripts/fetch-speaker-model.sh");
+    // the configured encoder's name, so that a table made with another model says so
+    let text_only = format!("{} embeddings, text-only (gpt-transcribe)", encoder.name());
+    let segments_mode = format!("{} embeddings, segments (whisper-1)", encoder.name());
     for (mode, segments, encoder) in [
-        (
-            "GE2E embeddings, text-only (gpt-transcribe)",
-            false,
-            Some(encoder.clone()),
-        ),
-        ("GE2E embeddings, segments (whisper-1)", true, Some(encoder)),
+        (text_only.as_str(), false, Some(encoder.clone())),
+        (segments_mode.as_str(), true, Some(encoder)),
         ("pitch+MFCC fallback, text-only", false, None),
     ] {
         let mut rows = Vec::new();

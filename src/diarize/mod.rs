@@ -140,7 +140,7 @@ pub struct DiarizeStats {
 /// The timeline from pitch + MFCC alone (no speaker model available).
 pub const METHOD: &str = "pitch+mfcc timeline 2-means + lda v2";
 /// The timeline from speaker embeddings, changes placed by the block features.
-pub const METHOD_EMBEDDINGS: &str = "embedding windows 2-means + pitch/mfcc blocks v2";
+pub const METHOD_EMBEDDINGS: &str = "embedding windows 2-means + background + pitch/mfcc blocks v3";
 
 /// The speaker timeline of `pcm_wav` (16 kHz mono, `audio16k.wav`) over the speech map, with
 /// the speaker `encoder` when there is one (else from pitch + MFCC alone).
