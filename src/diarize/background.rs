@@ -21,6 +21,8 @@ pub const BACKGROUND_DB: f32 = 12.0;
 /// A quiet group inside a voice is a stranger when the two groups are at most this much more
 /// alike (cosine) than the two voices are.
 const SAME_VOICE_SLACK: f32 = 0.05;
+/// Each of a voice's two groups holds at least this share of its speech.
+const MIN_GROUP_SHARE: f32 = 0.1;
 /// Never more than this share of the embedded speech is background.
 const MAX_BACKGROUND_SHARE: f32 = 0.4;
 /// Percentile of a piece's frame levels taken as its level (its louder part: a word, not the
@@ -117,7 +119,11 @@ fn quiet_stranger_in_voice(
     let Some(inner) = super::voices::split_voices(&members, weights) else {
         return Vec::new();
     };
-    if inner.centroid_cosine > split.centroid_cosine + SAME_VOICE_SLACK {
+    // Both groups must hold speech: a split that leaves one empty (its centroid zero, so its
+    // cosine says nothing) would make the whole voice "the quiet group".
+    if inner.share[0].min(inner.share[1]) < MIN_GROUP_SHARE
+        || inner.centroid_cosine > split.centroid_cosine + SAME_VOICE_SLACK
+    {
         return Vec::new();
     }
     let group: Vec<Option<usize>> = inner
@@ -229,6 +235,21 @@ mod tests {
         // voice 0 is 18 dB quieter than voice 1: a participant far from the microphone
         let (embeddings, mut under) = session(0.0, 0);
         under[..4].fill(18.0);
+        let weights = vec![1.0; embeddings.len()];
+        let split = voices::split_voices(&embeddings, &weights).unwrap();
+        let bg = background_pieces(&embeddings, &weights, &split, &under);
+        assert!(!bg.contains(&true), "{bg:?}");
+    }
+
+    #[test]
+    fn a_quiet_voice_that_does_not_split_stays() {
+        // voice 0: two identical pieces 18 dB under, so splitting it again leaves a group empty
+        let mut embeddings = vec![emb([1.0, 0.2, 0.2]); 2];
+        let mut under = vec![18.0; 2];
+        for i in 0..10 {
+            embeddings.push(emb([0.2, 1.0, 0.2 + 0.02 * i as f32]));
+            under.push(1.0);
+        }
         let weights = vec![1.0; embeddings.len()];
         let split = voices::split_voices(&embeddings, &weights).unwrap();
         let bg = background_pieces(&embeddings, &weights, &split, &under);
