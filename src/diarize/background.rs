@@ -213,9 +213,14 @@ mod tests {
 
     fn background_of(stranger_under_db: f32, stranger_share: usize) -> Vec<bool> {
         let (embeddings, under) = session(stranger_under_db, stranger_share);
+        background_in(&embeddings, &under)
+    }
+
+    /// The background among pieces of 1 s each, after the two-voice split.
+    fn background_in(embeddings: &[Option<Vec<f32>>], under_db: &[f32]) -> Vec<bool> {
         let weights = vec![1.0; embeddings.len()];
-        let split = voices::split_voices(&embeddings, &weights).unwrap();
-        background_pieces(&embeddings, &weights, &split, &under)
+        let split = voices::split_voices(embeddings, &weights).unwrap();
+        background_pieces(embeddings, &weights, &split, under_db)
     }
 
     #[test]
@@ -235,9 +240,7 @@ mod tests {
         // voice 0 is 18 dB quieter than voice 1: a participant far from the microphone
         let (embeddings, mut under) = session(0.0, 0);
         under[..4].fill(18.0);
-        let weights = vec![1.0; embeddings.len()];
-        let split = voices::split_voices(&embeddings, &weights).unwrap();
-        let bg = background_pieces(&embeddings, &weights, &split, &under);
+        let bg = background_in(&embeddings, &under);
         assert!(!bg.contains(&true), "{bg:?}");
     }
 
@@ -250,9 +253,7 @@ mod tests {
             embeddings.push(emb([0.2, 1.0, 0.2 + 0.02 * i as f32]));
             under.push(1.0);
         }
-        let weights = vec![1.0; embeddings.len()];
-        let split = voices::split_voices(&embeddings, &weights).unwrap();
-        let bg = background_pieces(&embeddings, &weights, &split, &under);
+        let bg = background_in(&embeddings, &under);
         assert!(!bg.contains(&true), "{bg:?}");
     }
 
