@@ -14,7 +14,7 @@
 //! [`MAX_BACKGROUND_SHARE`] of the embedded speech would go, the split itself is in doubt and
 //! nothing is dropped.
 
-use super::voices::VoiceSplit;
+use super::voices::{VoiceSplit, dot};
 
 /// How far (dB) under the session's speech level a piece must be to be background.
 pub const BACKGROUND_DB: f32 = 12.0;
@@ -168,10 +168,6 @@ pub fn background_blocks(
     (0..n_blocks)
         .filter(|&b| by_background[b] && !by_voice[b])
         .collect()
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The `p` quantile (0..=1, nearest rank) of `values`; -inf for none.

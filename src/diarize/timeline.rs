@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::cluster::{self, Gauss2, Points, Standardiser};
 use super::features::{Block, Features, HOP, N_FEAT, RATE};
-use super::voices::{VoiceSplit, WEAK_SPLIT_COSINE};
+use super::voices::{VoiceSplit, WEAK_SPLIT_COSINE, logit};
 use super::{DiarizeOptions, DiarizeStats, METHOD, METHOD_EMBEDDINGS, reseg, segment};
 
 /// One voice's stretch of speech (inside one region of the speech map).
@@ -444,11 +444,6 @@ fn label_blocks(
     }
     segment::smooth_short_runs(&mut labels, (opts.min_run_s / block_s).round() as usize);
     (labels, margins)
-}
-
-fn logit(p: f32) -> f32 {
-    let p = p.clamp(1e-4, 1.0 - 1e-4);
-    (p / (1.0 - p)).ln()
 }
 
 /// The speech map cut at label changes, and where a block holds no speech (a tone dropped by

@@ -120,12 +120,13 @@ impl VoiceSplit {
     }
 }
 
-fn logit(p: f32) -> f32 {
+/// Log-odds of a probability, kept finite.
+pub(super) fn logit(p: f32) -> f32 {
     let p = p.clamp(1e-4, 1.0 - 1e-4);
     (p / (1.0 - p)).ln()
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
