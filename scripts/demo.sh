@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a committed recording, no cloud account needed: replays
 # fixtures/dialogues/clear.flac (a scripted coaching dialogue) through the whole pipeline —
-# decode, speech map, speaker timeline (GE2E embeddings), single-speaker pieces, their words (from
+# decode, speech map, speaker timeline (CAM++ embeddings), single-speaker pieces, their words (from
 # the Whisper reply committed beside it), turns and roles,
 # metrics, and the Gemini analysis when GOOGLE_API_KEY is set — and writes demo/result.json and
 # demo/report.html (with the audio it plays, demo/report.audio.wav).

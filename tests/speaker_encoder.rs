@@ -1,24 +1,24 @@
 //! The GE2E speaker encoder (src/speakers/embed) against resemblyzer 0.1.4 itself, on
-//! fixtures/dialogues/clear.flac. Needs the weights: scripts/fetch-speaker-model.sh (scripts/test.sh
-//! runs it and exports SPEAKER_MODEL_PATH). Without them these tests fail, they do not skip.
+//! fixtures/dialogues/clear.flac. Needs the weights: `SPEAKER_MODEL=ge2e
+//! scripts/fetch-speaker-model.sh` (scripts/test.sh runs it and exports GE2E_MODEL_PATH). Without them these tests fail, they do not skip.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use audio_worker::ErrorCode;
 use audio_worker::audio::decode::{DecodeLimits, decode_file};
-use audio_worker::speakers::embed::{Ge2e, SpeakerEncoder, default_model_path, load_ge2e};
+use audio_worker::speakers::embed::{Ge2e, SpeakerEncoder, ge2e_model_path, load_ge2e};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn model_path() -> PathBuf {
-    let path = default_model_path();
+    let path = ge2e_model_path();
     assert!(
         path.is_file(),
-        "speaker model not found at {} (SPEAKER_MODEL_PATH or the default cache path): \
-         run scripts/fetch-speaker-model.sh",
+        "GE2E model not found at {} (GE2E_MODEL_PATH or the default cache path): \
+         run SPEAKER_MODEL=ge2e scripts/fetch-speaker-model.sh",
         path.display()
     );
     path

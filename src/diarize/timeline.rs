@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::cluster::{self, Gauss2, Points, Standardiser};
 use super::features::{Block, Features, HOP, N_FEAT, RATE};
-use super::voices::{VoiceSplit, WEAK_SPLIT_COSINE, logit};
+use super::voices::{ALIKE_COSINE, MIN_SEEN_SEPARATION, VoiceSplit, WEAK_SPLIT_COSINE, logit};
 use super::{DiarizeOptions, DiarizeStats, METHOD, METHOD_EMBEDDINGS, reseg, segment};
 
 /// One voice's stretch of speech (inside one region of the speech map).
@@ -96,11 +96,17 @@ pub fn from_features(
         v.share[0].min(v.share[1]) >= opts.min_speaker_share
             && v.centroid_cosine < WEAK_SPLIT_COSINE
     });
-    let (split, two) = match voices {
-        Some(v) => {
-            let split = split_from_voices(&windows, v);
+    let embedded = voices
+        .map(|v| (v, split_from_voices(&windows, v)))
+        .filter(|(v, split)| {
+            let cv = cv_separation(&windows.z, &split.unit_labels, &window_unit).0;
+            stats.cv_separation = cv;
+            v.centroid_cosine < ALIKE_COSINE || cv.is_none_or(|cv| cv >= MIN_SEEN_SEPARATION)
+        });
+    let voices = embedded.as_ref().map(|(v, _)| *v);
+    let (split, two) = match embedded {
+        Some((v, split)) => {
             stats.share = v.share;
-            stats.cv_separation = cv_separation(&windows.z, &split.unit_labels, &window_unit).0;
             (split, opts.expected_speakers >= 2)
         }
         None => {

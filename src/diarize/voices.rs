@@ -22,6 +22,15 @@ const POSTERIOR_SCALE: f32 = 12.0;
 /// one voice alone splits into groups 0.45-0.97 alike, two similar voices 0.63-0.97
 /// (`tests/timeline.rs`, `one_voice_or_two_report`).
 pub const WEAK_SPLIT_COSINE: f32 = 0.95;
+/// Voices at least this alike whose split the block features cannot find again on held-out
+/// units ([`MIN_SEEN_SEPARATION`]) were split by what was said, not by who said it: the block
+/// features get their chance too. CAM++ is trained to ignore pitch, and one voice shifted by a
+/// semitone or three comes out as two groups 0.93-0.95 alike whose block features are 0.1-0.8
+/// standard deviations apart; every real pair here is under 0.65 alike (`tests/timeline.rs`).
+pub const ALIKE_COSINE: f32 = 0.90;
+/// See [`ALIKE_COSINE`]: the cross-validated separation (d') of the block features under
+/// which the embeddings' split is not seen in them.
+pub const MIN_SEEN_SEPARATION: f64 = 1.0;
 
 /// The two-voice split of the embedded pieces (units or windows; per block after
 /// [`VoiceSplit::per_block`]).

@@ -153,8 +153,8 @@ fn invalid(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorCode::ConfigMissing,
         format!(
-            "speaker model {}: {what} (run SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh \
-             and set SPEAKER_MODEL_PATH)",
+            "speaker model {}: {what} (run scripts/fetch-speaker-model.sh and set \
+             SPEAKER_MODEL_PATH)",
             path.display()
         ),
     )

@@ -41,7 +41,8 @@ fn invalid(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorCode::ConfigMissing,
         format!(
-            "speaker model {}: {what} (run scripts/fetch-speaker-model.sh and set SPEAKER_MODEL_PATH)",
+            "speaker model {}: {what} (run SPEAKER_MODEL=ge2e scripts/fetch-speaker-model.sh and \
+             set SPEAKER_MODEL_PATH)",
             path.display()
         ),
     )

@@ -15,6 +15,8 @@
 //!   once (no partials), L2-normalised. On fixtures/dialogues/clear.flac every same-speaker pair
 //!   of 1.5 s windows is closer than every cross-speaker pair (tests/campplus_encoder.rs).
 //!
+//! CAM++ is the default ([`default_model_path`]): on real two-speaker recordings it halves the
+//! speaker error of GE2E (README.md, "Who said what, measured"), for about twice the CPU.
 //! [`load_encoder`] picks the one a file holds (the CAM++ file says so in its metadata).
 
 mod campplus;
@@ -49,10 +51,13 @@ pub trait SpeakerEncoder: Send + Sync {
 
 /// The model's name, also the stem of its file.
 pub const GE2E_NAME: &str = "ge2e-resemblyzer-0.1.4";
-/// File name that scripts/fetch-speaker-model.sh writes.
+/// File name that `SPEAKER_MODEL=ge2e scripts/fetch-speaker-model.sh` writes.
 pub const GE2E_FILE: &str = "ge2e-resemblyzer-0.1.4.safetensors";
-/// Environment variable naming the model file.
+/// Environment variable naming the daemon's model file (CAM++ or GE2E).
 pub const MODEL_PATH_ENV: &str = "SPEAKER_MODEL_PATH";
+/// Environment variable naming the GE2E file for its tests and benches (scripts/test.sh sets
+/// it) while `SPEAKER_MODEL_PATH` names the daemon's model.
+pub const GE2E_PATH_ENV: &str = "GE2E_MODEL_PATH";
 
 /// Partials that run through the LSTM together on one thread. Bounds memory: the gate buffer is
 /// 160 × 64 × 1024 f32 = 42 MB per thread.
@@ -63,7 +68,7 @@ const MIN_COVERAGE: f64 = 0.75;
 
 /// CAM++'s name, also the stem of its file and the `model` entry of its metadata.
 pub const CAMPPLUS_NAME: &str = campplus::MODEL_TAG;
-/// File name that `SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh` writes.
+/// File name that scripts/fetch-speaker-model.sh writes (CAM++ is its default).
 pub const CAMPPLUS_FILE: &str = "campplus-3dspeaker-zh_en-common-advanced.safetensors";
 /// Environment variable naming the CAM++ file for its tests and benches (scripts/test.sh sets
 /// it) while `SPEAKER_MODEL_PATH` names the daemon's model.
@@ -105,14 +110,20 @@ fn f32_tensor(
     Ok(v)
 }
 
-/// Where the model is: `$SPEAKER_MODEL_PATH`, else the fetch script's default cache path.
+/// Where the daemon's model is: `$SPEAKER_MODEL_PATH`, else the fetch script's default cache
+/// path of CAM++, the default encoder (either file works: [`load_encoder`]).
 pub fn default_model_path() -> PathBuf {
-    model_path(MODEL_PATH_ENV, GE2E_FILE)
+    model_path(MODEL_PATH_ENV, CAMPPLUS_FILE)
 }
 
 /// Where the CAM++ file is: `$CAMPPLUS_MODEL_PATH`, else the fetch script's default cache path.
 pub fn campplus_model_path() -> PathBuf {
     model_path(CAMPPLUS_PATH_ENV, CAMPPLUS_FILE)
+}
+
+/// Where the GE2E file is: `$GE2E_MODEL_PATH`, else the fetch script's default cache path.
+pub fn ge2e_model_path() -> PathBuf {
+    model_path(GE2E_PATH_ENV, GE2E_FILE)
 }
 
 fn model_path(env: &str, file: &str) -> PathBuf {
@@ -188,7 +199,8 @@ pub struct Ge2e {
     threads: usize,
 }
 
-/// Loads the safetensors file made by scripts/fetch-speaker-model.sh. A missing, truncated or
+/// Loads the safetensors file made by `SPEAKER_MODEL=ge2e scripts/fetch-speaker-model.sh`. A
+/// missing, truncated or
 /// wrongly shaped file is a `ConfigMissing` error naming the file and the fix.
 pub fn load_ge2e(path: &Path) -> crate::error::Result<Ge2e> {
     let net = Ge2eNet::load(path)?;
@@ -370,7 +382,7 @@ pub struct Campplus {
     threads: usize,
 }
 
-/// Loads the safetensors file made by `SPEAKER_MODEL=campplus scripts/fetch-speaker-model.sh`.
+/// Loads the safetensors file made by scripts/fetch-speaker-model.sh.
 /// A missing, truncated, foreign (e.g. the GE2E file) or wrongly shaped file is a
 /// `ConfigMissing` error naming the file and the fix.
 pub fn load_campplus(path: &Path) -> Result<Campplus> {
