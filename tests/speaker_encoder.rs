@@ -1,6 +1,7 @@
 //! The GE2E speaker encoder (src/speakers/embed) against resemblyzer 0.1.4 itself, on
 //! fixtures/dialogues/clear.flac. Needs the weights: `SPEAKER_MODEL=ge2e
-//! scripts/fetch-speaker-model.sh` (scripts/test.sh runs it and exports GE2E_MODEL_PATH). Without them these tests fail, they do not skip.
+//! scripts/fetch-speaker-model.sh` (scripts/test.sh runs it and exports GE2E_MODEL_PATH).
+//! Without them these tests fail, they do not skip.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

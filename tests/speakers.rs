@@ -206,9 +206,8 @@ async fn check_set(set: &str, dir: &str, prefix: &str, t: Targets) {
 /// The targets in text-only mode: DER <= 10 % (clearly different voices) or 20 % (hard
 /// ones), attribution >= 95 %, recall and precision >= 98 %. Met on clearly different voices,
 /// with the CAM++ embeddings (the daemon's encoder) and with the pitch + MFCC fallback; the sets
-/// they miss are held at
-/// the worse of the two as measured (README.md "Who said what, measured") so that nothing gets
-/// worse unnoticed.
+/// they miss are held at the worse of the two as measured (README.md "Who said what, measured")
+/// so that nothing gets worse unnoticed.
 const fn limits(
     max_der: f64,
     min_attribution: f64,

@@ -200,8 +200,8 @@ pub struct Ge2e {
 }
 
 /// Loads the safetensors file made by `SPEAKER_MODEL=ge2e scripts/fetch-speaker-model.sh`. A
-/// missing, truncated or
-/// wrongly shaped file is a `ConfigMissing` error naming the file and the fix.
+/// missing, truncated or wrongly shaped file is a `ConfigMissing` error naming the file and the
+/// fix.
 pub fn load_ge2e(path: &Path) -> crate::error::Result<Ge2e> {
     let net = Ge2eNet::load(path)?;
     let threads = std::thread::available_parallelism()
